@@ -88,7 +88,10 @@ def main() -> None:
 
 decode_command = typer.Typer(
     name="decode",
-    help="Decode captured bytes (hex) into JSON: LoRaWAN frames, serial frames, telemetry, health.",
+    help=(
+        "Decode captured bytes (hex) into JSON: LoRaWAN frames, serial frames, telemetry, "
+        "health, device payloads."
+    ),
     no_args_is_help=True,
     add_completion=False,
 )
@@ -173,7 +176,7 @@ def decode_frame(
     ],
 ) -> None:
     """A serial frame from a concentrator: CRC check and the protocol message inside."""
-    from .framing_tools import describe_frame
+    from .concentrator import describe_frame
 
     _emit(describe_frame, parse_hex(frame_hex, "HEX"))
 
@@ -198,6 +201,22 @@ def decode_health(
     from .describe import describe_health_message
 
     _emit(describe_health_message, _input_bytes(source, "HEX|FILE"))
+
+
+@decode_command.command("payload")
+def decode_payload(
+    profile: Annotated[
+        str, typer.Argument(metavar="PROFILE", help="device profile id, e.g. parking-v1")
+    ],
+    f_port: Annotated[int, typer.Argument(metavar="FPORT", help="the LoRaWAN FPort")],
+    payload_hex: Annotated[
+        str, typer.Argument(metavar="HEX", help="the decrypted FRMPayload, in hex")
+    ],
+) -> None:
+    """A device payload: an uplink of the profile, or a node-settings downlink (FPort 21)."""
+    from .payloads import describe
+
+    _emit(describe, profile, f_port, parse_hex(payload_hex, "HEX"))
 
 
 if __name__ == "__main__":

@@ -58,3 +58,20 @@ class PayloadError(CodecError):
 
 class SignatureError(CodecError):
     """A signed document that does not verify: wrong key, bad signature, tampered, unknown alg."""
+
+
+class RollbackError(SignatureError):
+    """A signed document whose sequence number is not above the last one applied.
+
+    Anti-rollback in the manner of IETF SUIT (RFC 9124, REQ.SEC.SEQUENCE): a device refuses a
+    document that is older than, or as old as, what it already runs, even when the signature
+    is good, so an attacker cannot replay an old but validly signed configuration.
+    ``seq`` is the refused document's number, ``last_applied`` the one in force.
+    """
+
+    def __init__(
+        self, message: str, seq: "int | None" = None, last_applied: "int | None" = None
+    ) -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.last_applied = last_applied

@@ -131,7 +131,7 @@ class AesKey:
     never appears in ``repr``. Not safe to share between threads without a lock.
     """
 
-    __slots__ = ("_decryptor", "_k1", "_k2", "_update", "key")
+    __slots__ = ("_cbc", "_chain", "_decryptor", "_k1", "_k2", "_update", "key")
 
     def __init__(self, key: bytes) -> None:
         if not isinstance(key, bytes | bytearray) or len(key) != _KEY_LEN:
@@ -141,6 +141,14 @@ class AesKey:
         self._update: Callable[[bytes], bytes] = (
             Cipher(algorithms.AES(self.key), modes.ECB()).encryptor().update
         )
+        # CMAC is CBC-MAC with a zero IV (RFC 4493 section 2.4). One CBC context serves every
+        # call: it chains each call onto the last ciphertext block it produced (``_chain``),
+        # so XOR-ing that block into the next message's first block restarts the chain from
+        # zero, and a whole message goes through AES in a single call.
+        self._cbc: Callable[[bytes], bytes] = (
+            Cipher(algorithms.AES(self.key), modes.CBC(bytes(16))).encryptor().update
+        )
+        self._chain = 0
         # The inverse cipher is only needed to build join accepts: made on first use.
         self._decryptor: Callable[[bytes], bytes] | None = None
         self._k1 = _double(int.from_bytes(self._update(bytes(16)), "big"))
@@ -165,7 +173,6 @@ class AesKey:
 
     def cmac(self, data: bytes) -> bytes:
         """AES-CMAC of ``data`` (RFC 4493), all 16 bytes; LoRaWAN MICs are the first four."""
-        update = self._update
         size = len(data)
         used = size % 16
         if size and not used:
@@ -174,11 +181,14 @@ class AesKey:
         else:
             last_at = size - used
             last = int.from_bytes(data[last_at:] + _CMAC_PAD[used], "big") ^ self._k2
-        chain = 0
-        for start in range(0, last_at, 16):
-            block = chain ^ int.from_bytes(data[start : start + 16], "big")
-            chain = int.from_bytes(update(block.to_bytes(16, "big")), "big")
-        return update((chain ^ last).to_bytes(16, "big"))
+        if last_at:
+            first = int.from_bytes(data[:16], "big") ^ self._chain
+            blocks = first.to_bytes(16, "big") + data[16:last_at] + last.to_bytes(16, "big")
+        else:
+            blocks = (last ^ self._chain).to_bytes(16, "big")
+        mac = self._cbc(blocks)[-16:]
+        self._chain = int.from_bytes(mac, "big")
+        return mac
 
 
 class SessionKeys:
