@@ -28,6 +28,7 @@ back to a table when ``binascii.crc_hqx`` is missing (it is, on MicroPython).
 import binascii  # type: ignore[import-not-found, unused-ignore]
 
 from ..errors import CrcError, FrameError
+from .hextext import hex_text
 
 #: Largest payload a frame carries. LoRa PHYPayloads are at most 255 bytes; the concentrator
 #: protocol's largest message (a radio configuration of 64 channels) stays well below this.
@@ -45,11 +46,7 @@ _HEX_LIMIT = 32
 
 
 def _hex(data: bytes) -> str:
-    if not data:
-        return ""  # MicroPython's b"".hex() returns b"", not ""
-    if len(data) <= _HEX_LIMIT:
-        return bytes(data).hex()
-    return bytes(data[:_HEX_LIMIT]).hex() + "... (" + str(len(data)) + " bytes)"
+    return hex_text(data, _HEX_LIMIT)
 
 
 # --- CRC-16/CCITT-FALSE -----------------------------------------------------------------------

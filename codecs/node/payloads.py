@@ -54,6 +54,7 @@ are in ``docs/formats/device-payloads.md``.
 """
 
 from ..errors import PayloadError
+from .hextext import hex_text
 
 #: The layout version in the high nibble of every header byte.
 LAYOUT_VERSION = 1
@@ -193,15 +194,31 @@ _SETTING_NAMES = tuple(entry[1] for entry in SETTINGS_TABLE)
 
 
 def _hex(data: bytes) -> str:
-    if len(data) <= 64:
-        return data.hex()
-    return data[:64].hex() + "... (" + str(len(data)) + " bytes)"
+    return hex_text(data, 64)
 
 
 def _fail(what: str, problem: str, data: bytes, offset: int | None) -> PayloadError:
     where = "" if offset is None else " at offset " + str(offset)
     shown = " (payload " + _hex(data) + ")" if data else ""
     return PayloadError(what + ": " + problem + where + shown, offset)
+
+
+def _outside(
+    what: str, name: str, raw: int, field: tuple[int, int, int, str], data: bytes, at: int
+) -> PayloadError:
+    # A raw value a decoder read that is outside its field's range: field is
+    # (divisor, lowest raw, highest raw, unit).
+    divisor, low, high, unit = field
+    return _fail(
+        what,
+        name
+        + " "
+        + _value_text(raw, divisor, unit)
+        + " is outside "
+        + _range_text(divisor, low, high, unit, False),
+        data,
+        at,
+    )
 
 
 def _bytes(payload: object, what: str) -> bytes:
@@ -424,16 +441,7 @@ def _decode_fields(
         raw = _get(data, at, size, signed)
         if raw != _absent(size, signed):
             if not low <= raw <= high:
-                raise _fail(
-                    what,
-                    name
-                    + " "
-                    + _value_text(raw, divisor, unit)
-                    + " is outside "
-                    + _range_text(divisor, low, high, unit, False),
-                    data,
-                    at,
-                )
+                raise _outside(what, name, raw, (divisor, low, high, unit), data, at)
             values[name] = raw if divisor == 1 else raw / divisor
         at += size
     return values
@@ -849,16 +857,7 @@ def decode_settings(
             )
         raw = _get(data, at, size, signed)
         if not low <= raw <= high:
-            raise _fail(
-                _SETTINGS,
-                name
-                + " "
-                + _value_text(raw, divisor, unit)
-                + " is outside "
-                + _range_text(divisor, low, high, unit, False),
-                data,
-                at,
-            )
+            raise _outside(_SETTINGS, name, raw, (divisor, low, high, unit), data, at)
         raws[name] = raw
         settings[name] = raw if divisor == 1 else raw / divisor
         at += size

@@ -23,6 +23,7 @@ identity for duplicate detection. This module runs unchanged on MicroPython.
 
 from ..errors import CborError, SchemaError
 from . import cbor
+from .hextext import hex_text
 
 FORMAT_VERSION = 1
 
@@ -219,7 +220,7 @@ class Batch:
 
 def _hex(value: object) -> str:
     if isinstance(value, (bytes, bytearray)):
-        return "h'" + bytes(value).hex() + "'"
+        return "h'" + hex_text(value) + "'"
     return repr(value)
 
 
@@ -444,7 +445,7 @@ def encode_batch(batch: Batch) -> bytes:
 def _show(item: object) -> str:
     # The CBOR bytes of item in hex (the input is deterministic, so they are the input's).
     raw = cbor.dumps(item)
-    text = raw[:24].hex()
+    text = hex_text(raw[:24])
     return text + "..." if len(raw) > 24 else text
 
 
@@ -632,9 +633,9 @@ def decode_batch(data: bytes) -> Batch:
             "not deterministic CBOR (RFC 8949 section 4.2.1): from offset "
             + str(at)
             + " the input has "
-            + raw[at : at + 8].hex()
+            + hex_text(raw[at : at + 8])
             + ", the deterministic form "
-            + again[at : at + 8].hex(),
+            + hex_text(again[at : at + 8]),
             at,
         )
     items, gateway, seq, base_time = _header(decoded)
@@ -663,9 +664,9 @@ def decode_batch(data: bytes) -> Batch:
             "not the canonical encoding of its content: from offset "
             + str(at)
             + " the input has "
-            + raw[at : at + 8].hex()
+            + hex_text(raw[at : at + 8])
             + ", the encoder writes "
-            + canonical[at : at + 8].hex(),
+            + hex_text(canonical[at : at + 8]),
             at,
         )
     return batch
@@ -718,7 +719,7 @@ def _jsonable(value: object) -> object:
             return "Infinity" if value > 0 else "-Infinity"
         return value
     if isinstance(value, bytes):
-        return value.hex()
+        return hex_text(value)
     if isinstance(value, list):
         return [_jsonable(item) for item in value]
     if isinstance(value, dict):

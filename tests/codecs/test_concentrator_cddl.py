@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import functools
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pycddl
@@ -38,6 +36,7 @@ from owlgate.codecs.concentrator import MESSAGES, Message, MessageType, decode_m
 from owlgate.codecs.concentrator import encode_message as encode
 from owlgate.codecs.errors import SchemaError
 from owlgate.codecs.node import cbor
+from tests.codecs.cddl import BOTH, PYCDDL, ZCBOR, zcbor_cli_accepts
 from tests.codecs.test_concentrator import BY_TYPE, EXAMPLES, body_of
 from tests.conftest import REPO
 
@@ -113,29 +112,8 @@ def test_every_message_type_validates(message_type: MessageType, data: st.DataOb
 
 
 def test_zcbor_command_line_accepts_a_message_and_refuses_a_broken_one(tmp_path: Path) -> None:
-    zcbor_cli = Path(sys.executable).parent / "zcbor"
-    # Hex input: zcbor 0.9.1 fails to open a binary .cbor input file.
-    good = tmp_path / "good.cborhex"
-    good.write_text(encode(EXAMPLES["rx-frame"]).hex())
-    bad = tmp_path / "bad.cborhex"
-    bad.write_text(cbor.dumps([4, 0, {1: 868_100_000}]).hex())
-    results = [
-        subprocess.run(
-            [str(zcbor_cli), "validate", "-c", str(SPEC_PATH), "-t", ENTRY, "-i", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        for path in (good, bad)
-    ]
-    assert results[0].returncode == 0, results[0].stderr
-    assert results[1].returncode != 0
-
-
-ZCBOR = "zcbor"
-PYCDDL = "pycddl"
-BOTH = (ZCBOR, PYCDDL)
+    assert zcbor_cli_accepts(SPEC_PATH, ENTRY, encode(EXAMPLES["rx-frame"]), tmp_path)
+    assert not zcbor_cli_accepts(SPEC_PATH, ENTRY, cbor.dumps([4, 0, {1: 868_100_000}]), tmp_path)
 
 
 def item(name: str, **changes: object) -> list[object]:

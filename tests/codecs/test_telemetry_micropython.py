@@ -134,6 +134,13 @@ BAD_INPUTS = [
     "840148" + _GW.hex() + "18051a68e77800",  # 5 written in two bytes
     cbor.dumps(_HEAD).hex() + "00",
 ]
+# Refused by the encoder; the empty byte strings once made MicroPython's error text itself fail
+# (its b"".hex() is b"", not "").
+BAD_BATCHES = [
+    Batch(b"", 1, 0, []),
+    Batch(_GW, 1, 0, [Reading(b"", 0)]),
+    Batch(_GW, 1, 0, [Reading(_DEV[:3], 0)]),
+]
 
 
 def test_micropython_encodes_decodes_and_refuses_like_cpython(micropython: MicroPython) -> None:
@@ -146,6 +153,12 @@ def test_micropython_encodes_decodes_and_refuses_like_cpython(micropython: Micro
         try:
             decode_batch(bytes.fromhex(bad))
             expected_errors.append("accepted " + bad)
+        except CodecError as err:
+            expected_errors.append(f"{type(err).__name__} {err.offset} {err}")
+    for batch in BAD_BATCHES:
+        try:
+            encode_batch(batch)
+            expected_errors.append("encoded")
         except CodecError as err:
             expected_errors.append(f"{type(err).__name__} {err.offset} {err}")
 
@@ -174,6 +187,12 @@ for bad in {json.dumps(BAD_INPUTS)}:
     try:
         decode_batch(bytes.fromhex(bad))
         print("accepted " + bad)
+    except CodecError as err:
+        print(type(err).__name__, err.offset, err)
+for batch in [{", ".join(source(batch) for batch in BAD_BATCHES)}]:
+    try:
+        encode_batch(batch)
+        print("encoded")
     except CodecError as err:
         print(type(err).__name__, err.offset, err)
 """
