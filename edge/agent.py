@@ -1,0 +1,622 @@
+"""The edge agent: radio in, signed telemetry out, sessions and joins from the fleet.
+
+:class:`EdgeAgent` wires the finished pieces together and runs them until stopped::
+
+    concentrator --RxFrame--> LorawanProcessor --Reading--> Batcher --> outbox --> Uplink (MQTT)
+                                    |                                               ^
+                                    +--JoinRequestForward--> signed JoinForward ----+ join
+    fleet --join/accept--> JoinAnswer --> RX1 TX_REQUEST, session installed
+    fleet --keys-------> SessionUpdate --> sessions installed / removed
+    every [health] interval_s: signed health message --------------------------> health
+
+Everything the gateway sends is signed with its identity key (``owlgate.codecs.signed``);
+everything it acts on from the fleet must verify with the pinned fleet key, and the device
+sessions inside are sealed to the gateway's sealing key (``owlgate.codecs.sealed``), so a
+broker alone can neither read session keys nor make the gateway transmit.
+
+Two MQTT connections: the :class:`~owlgate.edge.uplink.Uplink` publishes (outbox, health,
+joins) and owns the gateway's ``state`` topic and Last Will; a second, subscribe-only control
+connection receives ``join/accept`` and ``keys``. Keeping them apart leaves the uplink's
+supervisor as it is and means a flood of telemetry never delays a join accept, which has a
+5-second deadline (LoRaWAN 1.0.3 section 6.2.6).
+
+The hot path (one frame): ``process`` -> ``Batcher.add`` -> maybe a seal (one transaction) and
+a wake-up of the uplink. A separate timer task seals batches on age; it sleeps until the held
+batch is due, so a lone reading waits ``max_age_s``, not a polling tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Final
+
+import aiomqtt
+
+from ..codecs.concentrator import TxError
+from ..codecs.control import (
+    JoinForward,
+    decode_join_answer,
+    decode_session_update,
+    encode_join_forward,
+)
+from ..codecs.errors import OwlgateError
+from ..codecs.health import Health, encode_health
+from ..codecs.health import RadioCounters as HealthRadioCounters
+from ..codecs.node.telemetry import Reading
+from ..codecs.sealed import DeviceSession, open_session
+from ..codecs.signed import sign, verify
+from .batcher import Batcher
+from .config import EdgeConfig, GatewayKeys, load_keys
+from .errors import EdgeError, RadioError
+from .health import AgentFigures, HealthSources, collect_health
+from .lorawan_proc import JoinRequestForward, LorawanProcessor, join_accept_tx
+from .radio import RadioCounters
+from .serial_backend import SerialConcentrator
+from .state import OutboxEntry, StateDb
+from .uplink import TOPIC_PREFIX, Uplink, backoff_delay_s
+
+__all__ = ["AgentCounters", "EdgeAgent"]
+
+log = logging.getLogger(__name__)
+
+JOIN_TOPIC: Final = "join"
+JOIN_ACCEPT_TOPIC: Final = "join/accept"
+KEYS_TOPIC: Final = "keys"
+HEALTH_TOPIC: Final = "health"
+#: A join answer is only useful until RX1 (5 s after the request, LoRaWAN 1.0.3 section
+#: 6.2.6); requests are kept a little longer so a late answer is logged as late, not unknown.
+JOIN_KEEP_S: Final = 10.0
+MAX_PENDING_JOINS: Final = 256
+#: Reconnection backoff of the control connection (full jitter, as the uplink's).
+CONTROL_BACKOFF_BASE_S: Final = 0.5
+CONTROL_BACKOFF_CAP_S: Final = 30.0
+CONTROL_CONNECT_TIMEOUT_S: Final = 10.0
+#: On shutdown the uplink gets this long to publish what was just sealed; what it cannot
+#: publish stays in the outbox for the next start.
+SHUTDOWN_DRAIN_S: Final = 2.0
+_TOKEN_MAX: Final = 0xFFFF
+
+
+def _agent_version() -> str:
+    try:
+        return f"owlgate-edge {version('owlgate')}"
+    except PackageNotFoundError:
+        return "owlgate-edge unknown"
+
+
+@dataclass(slots=True)
+class AgentCounters:
+    """What the agent did since it started (the demo shows them).
+
+    ``readings``: readings written to the outbox (sealed into a batch: "received");
+    ``rejected``: frames that produced no reading (the processor's counters say why);
+    ``joins_forwarded`` / ``joins_accepted`` / ``joins_refused``: join requests sent to the
+    fleet, accepts transmitted, refusals received; ``tx_sent`` / ``tx_failed``: downlinks the
+    concentrator scheduled, or refused (TOO_LATE, ...) or did not answer;
+    ``sessions_installed`` / ``sessions_removed``: from the fleet's control messages;
+    ``control_rejected``: control messages dropped (bad signature, malformed, unknown token);
+    ``health_published``: health messages the broker acknowledged.
+    """
+
+    readings: int = 0
+    rejected: int = 0
+    joins_forwarded: int = 0
+    joins_accepted: int = 0
+    joins_refused: int = 0
+    tx_sent: int = 0
+    tx_failed: int = 0
+    sessions_installed: int = 0
+    sessions_removed: int = 0
+    control_rejected: int = 0
+    health_published: int = 0
+
+
+class _Outbox:
+    """The state database seen through the uplink's ``OutboxLike`` interface; live batches
+    go before a backlog sealed while the backhaul was down."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: StateDb) -> None:
+        self._state = state
+
+    def pending(self, limit: int) -> list[OutboxEntry]:
+        return self._state.pending(limit, live_first=True)
+
+    def ack(self, entry_id: int) -> None:
+        self._state.ack(entry_id)
+
+    def depth(self) -> int:
+        return self._state.depth
+
+
+class _PendingJoin:
+    __slots__ = ("forward", "heard_at")
+
+    def __init__(self, forward: JoinRequestForward, heard_at: float) -> None:
+        self.forward = forward
+        self.heard_at = heard_at
+
+
+class EdgeAgent:
+    """One gateway's agent; ``await agent.run()`` until :meth:`stop` (or cancellation).
+
+    ``keys`` defaults to :func:`~owlgate.edge.config.load_keys` of ``config``;
+    ``health_sources`` to the real machine; ``clock`` gives UTC seconds (reading times,
+    batch ages); ``rng`` draws the control connection's reconnect jitter.
+    """
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        *,
+        keys: GatewayKeys | None = None,
+        health_sources: HealthSources | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.gateway_id = config.gateway.gateway_id
+        self.counters = AgentCounters()
+        self.control_connected = False
+        self._keys = keys
+        self._health_sources = health_sources
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._stop = asyncio.Event()
+        self._running = False
+        self._prefix = f"{TOPIC_PREFIX}{self.gateway_id.hex()}/"
+        self._joins: OrderedDict[int, _PendingJoin] = OrderedDict()
+        self._join_token = 0
+        self._join_queue: asyncio.Queue[JoinForward] = asyncio.Queue()
+        self._batch_started = asyncio.Event()
+        self._health_seq = 0
+        self._started_monotonic = time.monotonic()
+        # Set while run() is inside its resources; None otherwise.
+        self._processor: LorawanProcessor | None = None
+        self._batcher: Batcher | None = None
+        self._radio: SerialConcentrator | None = None
+        self._uplink: Uplink | None = None
+        self._state: StateDb | None = None
+        self._session_keys: dict[bytes, tuple[int, bytes, bytes]] = {}
+
+    # --- what the demo reads ------------------------------------------------------------------
+
+    @property
+    def processor(self) -> LorawanProcessor | None:
+        """The LoRaWAN processor while running (its counters say why frames were rejected)."""
+        return self._processor
+
+    @property
+    def radio_counters(self) -> RadioCounters | None:
+        """The concentrator's counters while running."""
+        return None if self._radio is None else self._radio.counters
+
+    @property
+    def radio_connected(self) -> bool:
+        """Whether the concentrator is configured and receiving now."""
+        return self._radio is not None and self._radio.status.connected
+
+    @property
+    def uplink(self) -> Uplink | None:
+        """The MQTT uplink while running (``connected``, ``published``, ``reconnects``)."""
+        return self._uplink
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to shut down cleanly (safe from a signal handler in the loop)."""
+        self._stop.set()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` is called or the task is cancelled; then seal what is held,
+        give the uplink :data:`SHUTDOWN_DRAIN_S` to publish it, and close the radio, the MQTT
+        connections and the state database, in that order."""
+        if self._running:
+            raise EdgeError("an EdgeAgent runs once at a time")
+        self._running = True
+        try:
+            await self._run()
+        finally:
+            self._running = False
+
+    async def _run(self) -> None:
+        config = self.config
+        keys = self._keys if self._keys is not None else load_keys(config)
+        state_dir = config.gateway.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with StateDb.in_dir(state_dir, max_outbox_bytes=config.outbox.max_bytes) as state:
+            processor = LorawanProcessor(state)
+            loaded = processor.load_sessions()
+            self._session_keys = {
+                stored.dev_eui: (stored.dev_addr, stored.nwk_s_key, stored.app_s_key)
+                for stored in state.sessions()
+            }
+            log.info("gateway %s: %d device sessions loaded", self.gateway_id.hex(), loaded)
+            batcher = Batcher(
+                state,
+                keys.identity,
+                self.gateway_id,
+                max_readings=config.batch.max_readings,
+                max_age_s=config.batch.max_age_s,
+            )
+            radio = SerialConcentrator(
+                port=config.radio.port,
+                radio_config=config.radio.radio_config(config.radio_config_id()),
+                baudrate=config.radio.baudrate,
+            )
+            uplink = Uplink(
+                _Outbox(state),
+                self.gateway_id,
+                config.mqtt.host,
+                config.mqtt.port,
+                keepalive_s=config.mqtt.keepalive_s,
+            )
+            self._state, self._processor, self._batcher = state, processor, batcher
+            self._radio, self._uplink = radio, uplink
+            try:
+                async with uplink, radio:
+                    await self._supervise(keys, radio, uplink, processor, batcher, state)
+            finally:
+                self._state = self._processor = self._batcher = None
+                self._radio = self._uplink = None
+
+    async def _supervise(
+        self,
+        keys: GatewayKeys,
+        radio: SerialConcentrator,
+        uplink: Uplink,
+        processor: LorawanProcessor,
+        batcher: Batcher,
+        state: StateDb,
+    ) -> None:
+        tasks = [
+            asyncio.create_task(self._receive(radio, uplink, processor, batcher), name="receive"),
+            asyncio.create_task(self._seal_on_age(uplink, batcher), name="seal timer"),
+            asyncio.create_task(self._send_joins(keys, uplink), name="join sender"),
+            asyncio.create_task(self._control(keys, radio, processor, batcher), name="control"),
+            asyncio.create_task(self._report_health(keys, radio, uplink, state), name="health"),
+        ]
+        stopper = asyncio.create_task(self._stop.wait(), name="stop")
+        try:
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (*tasks, stopper):
+                task.cancel()
+            await asyncio.wait([*tasks, stopper])
+            self.control_connected = False
+            await self._shut_down(uplink, batcher)
+        for task in tasks:
+            if task in done and not task.cancelled():
+                # A task ended by itself: that is a bug or a dead resource; let run() fail.
+                error = task.exception()
+                if error is not None:
+                    raise error
+
+    async def _shut_down(self, uplink: Uplink, batcher: Batcher) -> None:
+        try:
+            self._seal(batcher, uplink)
+        except OwlgateError as err:
+            log.error(
+                "the last batch could not be written (%d readings lost): %s", len(batcher), err
+            )
+        # Bounded: a backhaul that is down must not keep the agent from stopping.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_DRAIN_S):
+                # The outbox has no event to wait on; polling for two seconds at most is fine.
+                while uplink.connected and self._outbox_depth() > 0:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+
+    def _outbox_depth(self) -> int:
+        return 0 if self._state is None else self._state.depth
+
+    # --- the hot path -------------------------------------------------------------------------
+
+    def _seal(self, batcher: Batcher, uplink: Uplink) -> None:
+        sealed = batcher.seal(self._clock())
+        if sealed is not None:
+            self.counters.readings += sealed.count
+            uplink.notify()
+
+    async def _receive(
+        self,
+        radio: SerialConcentrator,
+        uplink: Uplink,
+        processor: LorawanProcessor,
+        batcher: Batcher,
+    ) -> None:
+        clock = self._clock
+        process = processor.process
+        add = batcher.add
+        counters = self.counters
+        started = self._batch_started
+        async for rx in radio.frames():
+            now = clock()
+            result = process(rx, now)
+            if type(result) is Reading:
+                try:
+                    sealed = add(result, now)
+                except OwlgateError as err:
+                    # The readings stay held; the timer tries again.
+                    log.error("writing a telemetry batch failed, will retry: %s", err)
+                    continue
+                if sealed is not None:
+                    counters.readings += sealed.count
+                    uplink.notify()
+                elif len(batcher) == 1:
+                    started.set()
+            elif isinstance(result, JoinRequestForward):
+                self._queue_join(result, now)
+            else:
+                counters.rejected += 1
+
+    async def _seal_on_age(self, uplink: Uplink, batcher: Batcher) -> None:
+        started = self._batch_started
+        while True:
+            due_at = batcher.next_due_at()
+            if due_at is None:
+                started.clear()
+                await started.wait()
+                continue
+            delay = due_at - self._clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if batcher.due(self._clock()):
+                try:
+                    self._seal(batcher, uplink)
+                except OwlgateError as err:
+                    log.error("sealing a telemetry batch failed, will retry: %s", err)
+                    await asyncio.sleep(batcher.max_age_s)
+
+    # --- joins --------------------------------------------------------------------------------
+
+    def _queue_join(self, forward: JoinRequestForward, now: float) -> None:
+        self._join_token = self._join_token % _TOKEN_MAX + 1
+        token = self._join_token
+        joins = self._joins
+        joins.pop(token, None)
+        joins[token] = _PendingJoin(forward, time.monotonic())
+        while len(joins) > MAX_PENDING_JOINS:
+            joins.popitem(last=False)
+        self._join_queue.put_nowait(JoinForward(token, forward.phy_payload, int(now)))
+
+    async def _send_joins(self, keys: GatewayKeys, uplink: Uplink) -> None:
+        while True:
+            message = await self._join_queue.get()
+            payload = sign(encode_join_forward(message), keys.identity)
+            if await uplink.publish_now(JOIN_TOPIC, payload):
+                self.counters.joins_forwarded += 1
+            else:
+                log.warning("join request (token %d) not forwarded: no backhaul", message.token)
+
+    def _take_join(self, token: int) -> JoinRequestForward | None:
+        cutoff = time.monotonic() - JOIN_KEEP_S
+        joins = self._joins
+        while joins:
+            first = next(iter(joins.values()))
+            if first.heard_at >= cutoff:
+                break
+            joins.popitem(last=False)
+        pending = joins.pop(token, None)
+        return None if pending is None else pending.forward
+
+    # --- control from the fleet ---------------------------------------------------------------
+
+    async def _control(
+        self,
+        keys: GatewayKeys,
+        radio: SerialConcentrator,
+        processor: LorawanProcessor,
+        batcher: Batcher,
+    ) -> None:
+        mqtt = self.config.mqtt
+        accept_topic = self._prefix + JOIN_ACCEPT_TOPIC
+        keys_topic = self._prefix + KEYS_TOPIC
+        attempt = 0
+        while True:
+            client = aiomqtt.Client(
+                mqtt.host,
+                mqtt.port,
+                identifier=f"owlgate-gw-{self.gateway_id.hex()}-control",
+                protocol=aiomqtt.ProtocolVersion.V311,
+                clean_session=True,
+                keepalive=mqtt.keepalive_s,
+                timeout=CONTROL_CONNECT_TIMEOUT_S,
+            )
+            try:
+                async with client:
+                    await client.subscribe([(accept_topic, 1), (keys_topic, 1)])
+                    self.control_connected = True
+                    attempt = 0
+                    log.info("control subscription on %s:%d", mqtt.host, mqtt.port)
+                    async for message in client.messages:
+                        payload = message.payload
+                        topic = message.topic.value
+                        if topic == accept_topic:
+                            await self._on_join_answer(keys, radio, processor, batcher, payload)
+                        elif topic == keys_topic:
+                            self._on_session_update(keys, processor, batcher, payload)
+            except aiomqtt.MqttError as err:
+                self.control_connected = False
+                delay_s = backoff_delay_s(
+                    attempt, CONTROL_BACKOFF_BASE_S, CONTROL_BACKOFF_CAP_S, self._rng
+                )
+                attempt += 1
+                log.warning("control connection: %s; reconnecting in %.2f s", err, delay_s)
+                await asyncio.sleep(delay_s)
+
+    def _install(
+        self,
+        processor: LorawanProcessor,
+        batcher: Batcher,
+        session: DeviceSession,
+        activation: str,
+        last_f_cnt: int | None,
+    ) -> None:
+        # Seal first: a held reading of the device's old session must not write its old
+        # counter over the new session's (StateDb.put advances stored counters).
+        uplink = self._uplink
+        if uplink is not None:
+            self._seal(batcher, uplink)
+        processor.add_session(
+            dev_eui=session.dev_eui,
+            dev_addr=session.dev_addr,
+            profile_id=session.profile_id,
+            nwk_s_key=session.nwk_s_key,
+            app_s_key=session.app_s_key,
+            activation=activation,
+            last_f_cnt=last_f_cnt,
+            now=self._clock(),
+        )
+        self._session_keys[session.dev_eui] = (
+            session.dev_addr,
+            session.nwk_s_key,
+            session.app_s_key,
+        )
+        self.counters.sessions_installed += 1
+
+    async def _on_join_answer(
+        self,
+        keys: GatewayKeys,
+        radio: SerialConcentrator,
+        processor: LorawanProcessor,
+        batcher: Batcher,
+        data: bytes,
+    ) -> None:
+        try:
+            answer = decode_join_answer(verify(data, keys.fleet).payload)
+            request = self._take_join(answer.token)
+            if request is None:
+                self.counters.control_rejected += 1
+                log.warning("join answer for unknown or expired token %d dropped", answer.token)
+                return
+            if not answer.accepted or answer.accept_phy is None or answer.sealed_session is None:
+                self.counters.joins_refused += 1
+                log.info("join of device %016x refused: %s", request.dev_eui, answer.refusal)
+                return
+            session = open_session(keys.sealing, self.gateway_id, answer.sealed_session)
+            if int.from_bytes(session.dev_eui, "big") != request.dev_eui:
+                self.counters.control_rejected += 1
+                log.warning(
+                    "join answer for token %d carries another device's session", answer.token
+                )
+                return
+            request_tx = join_accept_tx(request, answer.accept_phy, token=1)
+        except OwlgateError as err:
+            self.counters.control_rejected += 1
+            log.warning("join answer dropped: %s", err)
+            return
+        # Transmit before anything else: RX1 is 5 s after the request and the fleet's round
+        # trip has used some of it.
+        try:
+            ack = await radio.transmit(request_tx)
+        except RadioError as err:
+            self.counters.tx_failed += 1
+            log.warning("join accept for %016x not transmitted: %s", request.dev_eui, err)
+            return
+        if ack.error is not TxError.NONE:
+            self.counters.tx_failed += 1
+            log.warning(
+                "join accept for %016x refused by the concentrator: %s",
+                request.dev_eui,
+                ack.error.name,
+            )
+            return
+        self.counters.tx_sent += 1
+        self.counters.joins_accepted += 1
+        try:
+            # A join resets the uplink counter (LoRaWAN 1.0.3 section 6.2.5): a fresh session.
+            self._install(processor, batcher, session, "otaa", None)
+        except OwlgateError as err:
+            self.counters.control_rejected += 1
+            log.error("session of joined device %016x not installed: %s", request.dev_eui, err)
+
+    def _on_session_update(
+        self, keys: GatewayKeys, processor: LorawanProcessor, batcher: Batcher, data: bytes
+    ) -> None:
+        try:
+            update = decode_session_update(verify(data, keys.fleet).payload)
+        except OwlgateError as err:
+            self.counters.control_rejected += 1
+            log.warning("session update dropped: %s", err)
+            return
+        for sealed in update.sealed_sessions:
+            try:
+                session = open_session(keys.sealing, self.gateway_id, sealed)
+                self._install(
+                    processor, batcher, session, "abp", self._start_counter(processor, session)
+                )
+            except OwlgateError as err:
+                self.counters.control_rejected += 1
+                log.warning("a session of a session update dropped: %s", err)
+        for dev_eui in update.removed:
+            if processor.remove_session(dev_eui):
+                self._session_keys.pop(dev_eui, None)
+                self.counters.sessions_removed += 1
+
+    def _start_counter(self, processor: LorawanProcessor, session: DeviceSession) -> int | None:
+        # f_cnt_up is the next counter the fleet expects. The same session sent again (the
+        # fleet republishes after a restart) must not move the counter back and re-open
+        # replays (LoRaWAN 1.0.3 section 4.3.1.5); a new session (other keys) starts afresh.
+        from_fleet = session.f_cnt_up - 1 if session.f_cnt_up > 0 else None
+        known = self._session_keys.get(session.dev_eui)
+        if known != (session.dev_addr, session.nwk_s_key, session.app_s_key):
+            return from_fleet
+        here = processor.last_f_cnt(session.dev_eui)
+        if here is None:
+            return from_fleet
+        return here if from_fleet is None else max(here, from_fleet)
+
+    # --- health -------------------------------------------------------------------------------
+
+    async def _report_health(
+        self, keys: GatewayKeys, radio: SerialConcentrator, uplink: Uplink, state: StateDb
+    ) -> None:
+        interval_s = self.config.health.interval_s
+        while True:
+            await asyncio.sleep(interval_s)
+            payload = sign(encode_health(await self._health(radio, uplink, state)), keys.identity)
+            if await uplink.publish_now(HEALTH_TOPIC, payload):
+                self.counters.health_published += 1
+
+    async def _health(self, radio: SerialConcentrator, uplink: Uplink, state: StateDb) -> Health:
+        now = self._clock()
+        outbox = state.stats(now)
+        counters = radio.counters
+        figures = AgentFigures(
+            gateway_id=self.gateway_id,
+            seq=self._health_seq,
+            agent_started_s=self._started_monotonic,
+            agent_version=_agent_version(),
+            config_hash=self.config.sha256,
+            interval_s=self.config.health.interval_s,
+            radio=HealthRadioCounters(
+                received=counters.rx_received,
+                crc_ok=counters.rx_crc_ok,
+                crc_bad=counters.rx_crc_bad,
+                forwarded=counters.rx_delivered,
+                transmitted=counters.tx_scheduled,
+            ),
+            backhaul_rtt_ms=uplink.last_rtt_ms,
+            outbox_depth=outbox.depth,
+            outbox_oldest_age_s=None if outbox.oldest_age_s is None else int(outbox.oldest_age_s),
+            outbox_evicted=outbox.evicted,
+            reconnects=uplink.reconnects + counters.reconnects,
+        )
+        self._health_seq += 1
+        # collect_health reads files and may run vcgencmd: off the event loop.
+        return await asyncio.to_thread(
+            collect_health,
+            figures,
+            self.config.gateway.state_dir,
+            self._health_sources,
+            now_s=now,
+        )

@@ -1,0 +1,456 @@
+"""The edge agent's settings: one TOML file, loaded and validated once at start.
+
+:func:`load_config` reads the file (``tomllib``) and returns an :class:`EdgeConfig` of frozen
+dataclasses, or raises one :class:`~owlgate.edge.errors.ConfigError` naming the file, the
+section and the key (``edge.toml: [batch] max_readings: must be an integer 1..10000, got
+"x"``). Unknown sections and keys are errors too: a misspelt key silently ignored is a setting
+that silently does not apply. Relative paths resolve against the folder of the file, so a
+configuration and its keys can move together. :func:`load_keys` then reads the three key
+files the ``[gateway]`` section names, with errors of the same form.
+
+The reference of every key, with defaults, is ``docs/edge.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, TypeVar
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+
+from ..codecs.concentrator import Channel, RadioConfig
+from .errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CHANNELS",
+    "BatchSettings",
+    "EdgeConfig",
+    "GatewayKeys",
+    "GatewaySettings",
+    "HealthSettings",
+    "MqttSettings",
+    "OutboxSettings",
+    "RadioSettings",
+    "load_config",
+    "load_keys",
+]
+
+ALL_SPREADING_FACTORS: Final[tuple[int, ...]] = (7, 8, 9, 10, 11, 12)
+#: The three channels every EU868 device knows from the start (Regional Parameters 1.0.3,
+#: section 2.2.2): 868.1, 868.3 and 868.5 MHz, 125 kHz, SF7 to SF12.
+DEFAULT_CHANNELS: Final = tuple(
+    Channel(frequency_hz=hz, bandwidth_hz=125_000, spreading_factors=ALL_SPREADING_FACTORS)
+    for hz in (868_100_000, 868_300_000, 868_500_000)
+)
+#: The EU868 band (Regional Parameters 1.0.3 section 2.2): receive channels and downlinks.
+EU868_MIN_HZ: Final = 863_000_000
+EU868_MAX_HZ: Final = 870_000_000
+#: EU868 maximum EIRP is 16 dBm; 14 dBm conducted leaves room for a small antenna gain.
+EU868_TX_POWER_MAX_DBM: Final = 14
+MAX_CHANNELS: Final = 16
+BANDWIDTHS_HZ: Final = (125_000, 250_000, 500_000)
+DEFAULT_BAUDRATE: Final = 115_200
+DEFAULT_MQTT_PORT: Final = 1883
+DEFAULT_KEEPALIVE_S: Final = 30
+DEFAULT_MAX_READINGS: Final = 100
+#: A batch is sealed at most this long after its first reading. The latency goal is 250 ms
+#: p99 from radio to broker at 100 frames/s; at that rate 100 readings take a whole second,
+#: so the age, not the size, bounds the wait: 100 ms leaves 150 ms for the seal (one fsync)
+#: and the QoS 1 publish, and costs about ten small batches a second.
+DEFAULT_MAX_AGE_S: Final = 0.1
+DEFAULT_OUTBOX_MB: Final = 64.0
+DEFAULT_HEALTH_INTERVAL_S: Final = 30
+_MIB: Final = 1024 * 1024
+_GATEWAY_ID: Final = re.compile(r"[0-9a-f]{16}")
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """``[gateway]``: who the gateway is and where it keeps things."""
+
+    gateway_id: bytes
+    state_dir: Path
+    identity_key: Path
+    sealing_key: Path
+    fleet_key: Path
+
+    @property
+    def gateway_id_hex(self) -> str:
+        return self.gateway_id.hex()
+
+
+@dataclass(frozen=True, slots=True)
+class RadioSettings:
+    """``[radio]``: the concentrator and its channel plan (EU868)."""
+
+    backend: str
+    port: str
+    baudrate: int
+    channels: tuple[Channel, ...] = DEFAULT_CHANNELS
+
+    def radio_config(self, config_id: int = 1) -> RadioConfig:
+        """The concentrator's ``RADIO_CONFIG`` for this plan (the backend sets the token)."""
+        return RadioConfig(
+            config_id=config_id,
+            region="EU868",
+            channels=self.channels,
+            tx_frequency_min_hz=EU868_MIN_HZ,
+            tx_frequency_max_hz=EU868_MAX_HZ,
+            tx_power_max_dbm=EU868_TX_POWER_MAX_DBM,
+            token=1,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """``[mqtt]``: the fleet's broker."""
+
+    host: str
+    port: int
+    keepalive_s: int = DEFAULT_KEEPALIVE_S
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    """``[batch]``: when a telemetry batch is sealed."""
+
+    max_readings: int = DEFAULT_MAX_READINGS
+    max_age_s: float = DEFAULT_MAX_AGE_S
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxSettings:
+    """``[outbox]``: the bound of the durable outbox."""
+
+    max_mb: float = DEFAULT_OUTBOX_MB
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_mb * _MIB)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    """``[health]``: how often the gateway reports its health."""
+
+    interval_s: int = DEFAULT_HEALTH_INTERVAL_S
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    """The whole configuration; ``path`` is the file it came from and ``sha256`` the hash of
+    its bytes (the health message reports it, so the fleet sees which file a gateway runs)."""
+
+    path: Path
+    sha256: bytes
+    gateway: GatewaySettings
+    radio: RadioSettings
+    mqtt: MqttSettings
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+
+    def radio_config_id(self) -> int:
+        """A ``RADIO_CONFIG`` id derived from the file (1 .. 2**32-1), so the concentrator's
+        STATS tell which configuration it runs."""
+        return int.from_bytes(self.sha256[:4], "big") or 1
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayKeys:
+    """The gateway's private keys and the fleet's pinned public key. ``repr`` hides them."""
+
+    identity: Ed25519PrivateKey
+    sealing: X25519PrivateKey
+    fleet: Ed25519PublicKey
+
+    def __repr__(self) -> str:
+        return "GatewayKeys(<secret>)"
+
+
+def _show(value: object) -> str:
+    # Values as TOML writes them, so the message quotes what the user typed.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return str(value)
+
+
+class _Section:
+    """One table of the file, read key by key; :meth:`done` refuses the keys left over."""
+
+    def __init__(self, file: str, folder: Path, name: str, table: object, prefix: str = "") -> None:
+        self.file = file
+        self.folder = folder
+        self.name = name
+        self.prefix = prefix
+        if not isinstance(table, dict):
+            raise ConfigError(
+                file, name, prefix.rstrip(".") or None, f"must be a table, got {_show(table)}"
+            )
+        self._table: dict[str, object] = dict(table)
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, self.name, self.prefix + key, problem)
+
+    def pop_raw(self, key: str) -> object | None:
+        """The value of ``key`` as parsed by TOML (None when absent), taken off the table."""
+        return self._table.pop(key, None)
+
+    def take(
+        self, key: str, parse: Callable[[object], _T | None], wanted: str, default: _T | None
+    ) -> _T:
+        if key not in self._table:
+            if default is None:
+                raise self.fail(key, f"required ({wanted})")
+            return default
+        value = self._table.pop(key)
+        parsed = parse(value)
+        if parsed is None:
+            raise self.fail(key, f"must be {wanted}, got {_show(value)}")
+        return parsed
+
+    def integer(self, key: str, low: int, high: int, default: int | None = None) -> int:
+        def parse(value: object) -> int | None:
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                return None
+            return value
+
+        return self.take(key, parse, f"an integer {low}..{high}", default)
+
+    def number(self, key: str, low: float, high: float, default: float | None = None) -> float:
+        # low is exclusive: every number setting here must be positive.
+        def parse(value: object) -> float | None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return None
+            return float(value) if low < value <= high else None
+
+        return self.take(key, parse, f"a number above {low:g} and at most {high:g}", default)
+
+    def text(self, key: str, default: str | None = None) -> str:
+        def parse(value: object) -> str | None:
+            return value if isinstance(value, str) and value.strip() else None
+
+        return self.take(key, parse, "a non-empty string", default)
+
+    def path(self, key: str, default: str | None = None) -> Path:
+        return self.folder / Path(self.text(key, default)).expanduser()
+
+    def done(self) -> None:
+        if self._table:
+            first = sorted(self._table)[0]
+            raise self.fail(first, "unknown key")
+
+
+def _channel(section: _Section, index: int, item: object) -> Channel:
+    sub = _Section(section.file, section.folder, section.name, item, f"channels[{index}].")
+    frequency = sub.integer("frequency_hz", EU868_MIN_HZ, EU868_MAX_HZ)
+    bandwidth = sub.integer("bandwidth_hz", BANDWIDTHS_HZ[0], BANDWIDTHS_HZ[-1], 125_000)
+    if bandwidth not in BANDWIDTHS_HZ:
+        raise sub.fail("bandwidth_hz", f"must be 125000, 250000 or 500000, got {bandwidth}")
+
+    def sf_list(value: object) -> tuple[int, ...] | None:
+        if not isinstance(value, list) or not value:
+            return None
+        for sf in value:
+            if isinstance(sf, bool) or not isinstance(sf, int) or not 5 <= sf <= 12:
+                return None
+        if len(set(value)) != len(value):
+            return None
+        return tuple(sorted(value))
+
+    sfs = sub.take(
+        "spreading_factors",
+        sf_list,
+        "a non-empty array of distinct integers 5..12",
+        ALL_SPREADING_FACTORS,
+    )
+    sub.done()
+    return Channel(frequency_hz=frequency, bandwidth_hz=bandwidth, spreading_factors=sfs)
+
+
+def _radio(section: _Section) -> RadioSettings:
+    backend = section.text("backend", "serial")
+    if backend != "serial":
+        raise section.fail(
+            "backend", f'must be "serial" (the only backend so far), got {_show(backend)}'
+        )
+    port = section.text("port")
+    if "://" not in port:
+        # A device path; a pyserial URL (rfc2217://, socket://, ...) is kept as it is.
+        port = str(section.folder / Path(port).expanduser())
+    baudrate = section.integer("baudrate", 1200, 4_000_000, DEFAULT_BAUDRATE)
+    channels: tuple[Channel, ...] = DEFAULT_CHANNELS
+    raw = section.pop_raw("channels")
+    if raw is not None:
+        if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_CHANNELS:
+            raise section.fail(
+                "channels", f"must be an array of 1..{MAX_CHANNELS} tables, got {_show(raw)}"
+            )
+        channels = tuple(_channel(section, index, item) for index, item in enumerate(raw))
+        frequencies = [channel.frequency_hz for channel in channels]
+        if len(set(frequencies)) != len(frequencies):
+            raise section.fail("channels", "two channels share a frequency")
+    section.done()
+    return RadioSettings(backend, port, baudrate, channels)
+
+
+def _mqtt(section: _Section) -> MqttSettings:
+    url = section.text("url")
+    wanted = 'an URL "mqtt://host" or "mqtt://host:port"'
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as err:
+        raise section.fail("url", f"must be {wanted}, got {_show(url)} ({err})") from err
+    if (
+        parts.scheme != "mqtt"
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.username is not None
+    ):
+        raise section.fail("url", f"must be {wanted}, got {_show(url)}")
+    keepalive = section.integer("keepalive_s", 5, 3600, DEFAULT_KEEPALIVE_S)
+    section.done()
+    return MqttSettings(parts.hostname, DEFAULT_MQTT_PORT if port is None else port, keepalive)
+
+
+def load_config(path: Path | str) -> EdgeConfig:
+    """Read and validate the configuration file at ``path``; :class:`ConfigError` on any
+    problem, naming the file and the key."""
+    file = str(path)
+    source = Path(path)
+    try:
+        data = source.read_bytes()
+    except OSError as err:
+        raise ConfigError(file, None, None, f"cannot read: {err.strerror or err}") from err
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(file, None, None, f"not UTF-8 text: {err.reason}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(file, None, None, f"not valid TOML: {err}") from err
+    folder = source.resolve().parent
+    known = ("gateway", "radio", "mqtt", "batch", "outbox", "health")
+    unknown = sorted(name for name in document if name not in known)
+    if unknown:
+        raise ConfigError(file, unknown[0], None, f"unknown section (known: {', '.join(known)})")
+    for required in ("gateway", "radio", "mqtt"):
+        if required not in document:
+            raise ConfigError(file, required, None, "required section missing")
+
+    def section(name: str) -> _Section:
+        return _Section(file, folder, name, document.get(name, {}))
+
+    gateway = section("gateway")
+
+    def gateway_id(value: object) -> bytes | None:
+        if isinstance(value, str) and _GATEWAY_ID.fullmatch(value):
+            return bytes.fromhex(value)
+        return None
+
+    gateway_settings = GatewaySettings(
+        gateway_id=gateway.take("id", gateway_id, "16 lowercase hex digits (an EUI-64)", None),
+        state_dir=gateway.path("state_dir"),
+        identity_key=gateway.path("identity_key"),
+        sealing_key=gateway.path("sealing_key"),
+        fleet_key=gateway.path("fleet_key"),
+    )
+    gateway.done()
+    if gateway_settings.state_dir.exists() and not gateway_settings.state_dir.is_dir():
+        raise gateway.fail("state_dir", f"{gateway_settings.state_dir} is not a folder")
+    radio = _radio(section("radio"))
+    mqtt = _mqtt(section("mqtt"))
+    batch_section = section("batch")
+    batch = BatchSettings(
+        max_readings=batch_section.integer("max_readings", 1, 10_000, DEFAULT_MAX_READINGS),
+        max_age_s=batch_section.number("max_age_s", 0.0, 3600.0, DEFAULT_MAX_AGE_S),
+    )
+    batch_section.done()
+    outbox_section = section("outbox")
+    outbox = OutboxSettings(outbox_section.number("max_mb", 0.0, 1_000_000.0, DEFAULT_OUTBOX_MB))
+    outbox_section.done()
+    if outbox.max_bytes < 1:
+        raise outbox_section.fail("max_mb", f"{outbox.max_mb:g} MiB is less than one byte")
+    health_section = section("health")
+    health = HealthSettings(
+        health_section.integer("interval_s", 1, 86_400, DEFAULT_HEALTH_INTERVAL_S)
+    )
+    health_section.done()
+    return EdgeConfig(
+        path=source,
+        sha256=hashlib.sha256(data).digest(),
+        gateway=gateway_settings,
+        radio=radio,
+        mqtt=mqtt,
+        batch=batch,
+        outbox=outbox,
+        health=health,
+    )
+
+
+def _read_key(config: EdgeConfig, key: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ConfigError(
+            str(config.path), "gateway", key, f"cannot read {path}: {err.strerror or err}"
+        ) from err
+
+
+def load_keys(config: EdgeConfig) -> GatewayKeys:
+    """Read the gateway's identity (Ed25519) and sealing (X25519) private keys, PKCS#8 PEM,
+    and the fleet's pinned Ed25519 public key, PEM; :class:`ConfigError` naming the key
+    setting when a file is missing or holds something else. Keys are never shown."""
+    settings = config.gateway
+    file = str(config.path)
+    keys: list[object] = []
+    for key, path in (
+        ("identity_key", settings.identity_key),
+        ("sealing_key", settings.sealing_key),
+    ):
+        data = _read_key(config, key, path)
+        try:
+            keys.append(load_pem_private_key(data, password=None))
+        except (ValueError, TypeError) as err:
+            raise ConfigError(
+                file, "gateway", key, f"{path} is not an unencrypted PKCS#8 PEM private key"
+            ) from err
+    identity, sealing = keys
+    if not isinstance(identity, Ed25519PrivateKey):
+        raise ConfigError(
+            file, "gateway", "identity_key", f"{settings.identity_key} is not an Ed25519 key"
+        )
+    if not isinstance(sealing, X25519PrivateKey):
+        raise ConfigError(
+            file, "gateway", "sealing_key", f"{settings.sealing_key} is not an X25519 key"
+        )
+    data = _read_key(config, "fleet_key", settings.fleet_key)
+    try:
+        fleet = load_pem_public_key(data)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(
+            file, "gateway", "fleet_key", f"{settings.fleet_key} is not a PEM public key"
+        ) from err
+    if not isinstance(fleet, Ed25519PublicKey):
+        raise ConfigError(
+            file, "gateway", "fleet_key", f"{settings.fleet_key} is not an Ed25519 public key"
+        )
+    return GatewayKeys(identity, sealing, fleet)

@@ -1,0 +1,267 @@
+"""The fleet's HTTP API (FastAPI): read routes for operations, admin routes to register.
+
+Read routes live under ``/api/v1``; routes that change the registry under
+``/api/v1/admin``, so the authentication issue can protect that prefix with one dependency.
+Every listing is keyset-paginated: ``?limit=`` (1..1000, default 100) and ``?after=`` (the
+``next`` cursor of the previous page). Errors are JSON: ``{"error": {"code", "message"}}``
+with 404 for an unknown id, 409 for a duplicate, 422 for a bad value. Secrets (AppKey,
+session keys) are accepted when a device is created and never returned, not even echoed in
+a 422 response.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from owlgate.codecs.payloads import PROFILES
+
+from .health import HealthThresholds, assess
+from .store import (
+    DEFAULT_PAGE_LIMIT,
+    MAX_PAGE_LIMIT,
+    ConflictError,
+    Device,
+    FleetError,
+    Gateway,
+    InvalidError,
+    NotFoundError,
+    Profile,
+    Store,
+    StoredReading,
+)
+
+API_PREFIX = "/api/v1"
+ADMIN_PREFIX = "/api/v1/admin"
+
+_HEX_EUI = r"^[0-9a-fA-F]{16}$"
+_HEX_KEY16 = r"^[0-9a-fA-F]{32}$"
+_HEX_KEY32 = r"^[0-9a-fA-F]{64}$"
+
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT)]
+After = Annotated[str | None, Query(max_length=64)]
+
+
+class GatewayCreate(BaseModel):
+    """A gateway to register: its EUI-64 and its two public keys, hex."""
+
+    id: str = Field(pattern=_HEX_EUI)
+    name: str = Field(default="", max_length=200)
+    sign_public_key: str = Field(pattern=_HEX_KEY32, description="Ed25519, 32 bytes hex")
+    seal_public_key: str = Field(pattern=_HEX_KEY32, description="X25519, 32 bytes hex")
+
+
+class DeviceCreate(BaseModel):
+    """A device to register: OTAA with ``join_eui`` and ``app_key``, ABP with ``dev_addr``
+    (8 hex digits) and both session keys."""
+
+    dev_eui: str = Field(pattern=_HEX_EUI)
+    profile_id: str = Field(min_length=1, max_length=100)
+    activation: Literal["abp", "otaa"]
+    name: str = Field(default="", max_length=200)
+    join_eui: str | None = Field(default=None, pattern=_HEX_EUI)
+    app_key: str | None = Field(default=None, pattern=_HEX_KEY16)
+    dev_addr: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{8}$")
+    nwk_s_key: str | None = Field(default=None, pattern=_HEX_KEY16)
+    app_s_key: str | None = Field(default=None, pattern=_HEX_KEY16)
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+def _bytes(text: str | None) -> bytes | None:
+    return None if text is None else bytes.fromhex(text)
+
+
+def create_app(
+    store: Store,
+    *,
+    clock: Callable[[], float] = time.time,
+    thresholds: HealthThresholds | None = None,
+    lifespan: Any = None,
+) -> FastAPI:
+    """The API over ``store``. ``clock`` gives "now" for health states; ``lifespan`` is passed
+    to FastAPI, for the server to start background services (the MQTT ingest) beside it."""
+    app = FastAPI(
+        title="owlgate fleet manager",
+        version="1",
+        openapi_url="/openapi.json",
+        lifespan=lifespan,
+    )
+    limits = thresholds or HealthThresholds()
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(request: Request, exc: NotFoundError) -> JSONResponse:
+        return _error(404, "not_found", exc.message)
+
+    @app.exception_handler(ConflictError)
+    async def conflict(request: Request, exc: ConflictError) -> JSONResponse:
+        return _error(409, "conflict", exc.message)
+
+    @app.exception_handler(InvalidError)
+    async def invalid(request: Request, exc: InvalidError) -> JSONResponse:
+        return _error(422, "invalid", exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default body echoes the offending input, which may be a key: keep only
+        # where and what.
+        problems = [
+            {"loc": [str(part) for part in error.get("loc", ())], "msg": str(error.get("msg"))}
+            for error in exc.errors()
+        ]
+        first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
+        message = f"{'.'.join(first['loc'])}: {first['msg']}"
+        return _error(422, "invalid", message, problems=problems)
+
+    def gateway_json(gateway: Gateway) -> dict[str, Any]:
+        facts = gateway.facts
+        verdict = assess(facts, clock(), limits)
+        return {
+            "id": gateway.id,
+            "name": gateway.name,
+            "sign_public_key": gateway.sign_public_key.hex(),
+            "seal_public_key": gateway.seal_public_key.hex(),
+            "created": _iso(gateway.created),
+            "last_seen": _iso(facts.last_seen),
+            "health": {
+                "state": verdict.state.value,
+                "reasons": list(verdict.reasons),
+                "heartbeat_interval_s": facts.heartbeat_interval_s,
+                "outbox_depth": facts.outbox_depth,
+                "outbox_oldest_age_s": facts.outbox_oldest_age_s,
+                "last_message": gateway.last_health,
+            },
+        }
+
+    def device_json(device: Device) -> dict[str, Any]:
+        return {
+            "dev_eui": device.dev_eui,
+            "name": device.name,
+            "profile_id": device.profile_id,
+            "activation": device.activation,
+            "join_eui": device.join_eui,
+            "dev_addr": None if device.dev_addr is None else f"{device.dev_addr:08x}",
+            "created": _iso(device.created),
+            "joined_at": _iso(device.joined_at),
+            "last_seen": _iso(device.last_seen),
+            "last_fcnt": device.last_fcnt,
+            "battery_mv": device.battery_mv,
+        }
+
+    def reading_json(reading: StoredReading) -> dict[str, Any]:
+        return {
+            "id": reading.id,
+            "dev_eui": reading.dev_eui,
+            "time": _iso(reading.time_s),
+            "time_s": reading.time_s,
+            "fcnt": reading.fcnt,
+            "values": reading.values,
+            "received_at": _iso(reading.received_at),
+            "receptions": [
+                {"gateway_id": r.gateway_id, "rssi_dbm": r.rssi_dbm, "snr_db": r.snr_db}
+                for r in reading.receptions
+            ],
+        }
+
+    def profile_json(profile: Profile) -> dict[str, Any]:
+        described = PROFILES[profile.id].describe() if profile.id in PROFILES else {}
+        return {
+            **described,
+            "id": profile.id,
+            "name": profile.name,
+            "description": profile.description,
+        }
+
+    @app.get(f"{API_PREFIX}/gateways", summary="List gateways with their health state")
+    def list_gateways(limit: Limit = DEFAULT_PAGE_LIMIT, after: After = None) -> dict[str, Any]:
+        page = store.gateways(limit=limit, after=after)
+        return {"items": [gateway_json(g) for g in page.items], "next": page.next}
+
+    @app.get(f"{API_PREFIX}/gateways/{{gateway_id}}", summary="One gateway")
+    def get_gateway(gateway_id: str) -> dict[str, Any]:
+        return gateway_json(store.gateway(_id(gateway_id, "gateway")))
+
+    @app.get(f"{API_PREFIX}/nodes", summary="List sensor nodes (devices)")
+    def list_nodes(limit: Limit = DEFAULT_PAGE_LIMIT, after: After = None) -> dict[str, Any]:
+        page = store.devices(limit=limit, after=after)
+        return {"items": [device_json(d) for d in page.items], "next": page.next}
+
+    @app.get(f"{API_PREFIX}/nodes/{{dev_eui}}", summary="One sensor node")
+    def get_node(dev_eui: str) -> dict[str, Any]:
+        return device_json(store.device(_id(dev_eui, "device")))
+
+    @app.get(f"{API_PREFIX}/nodes/{{dev_eui}}/readings", summary="A node's readings")
+    def node_readings(
+        dev_eui: str,
+        since: Annotated[
+            datetime | None, Query(description="ISO 8601 time or Unix seconds, inclusive")
+        ] = None,
+        limit: Limit = DEFAULT_PAGE_LIMIT,
+        after: After = None,
+    ) -> dict[str, Any]:
+        eui = _id(dev_eui, "device")
+        store.device(eui)
+        since_s = None
+        if since is not None:
+            since_s = (since if since.tzinfo else since.replace(tzinfo=UTC)).timestamp()
+        page = store.readings(eui, since=since_s, limit=limit, after=after)
+        return {"items": [reading_json(r) for r in page.items], "next": page.next}
+
+    @app.get(f"{API_PREFIX}/profiles", summary="Device profiles (from the codec registry)")
+    def list_profiles() -> dict[str, Any]:
+        return {"items": [profile_json(p) for p in store.profiles()], "next": None}
+
+    @app.post(f"{ADMIN_PREFIX}/gateways", status_code=201, summary="Register a gateway")
+    def create_gateway(body: GatewayCreate) -> dict[str, Any]:
+        gateway = store.create_gateway(
+            body.id,
+            name=body.name,
+            sign_public_key=bytes.fromhex(body.sign_public_key),
+            seal_public_key=bytes.fromhex(body.seal_public_key),
+            created=clock(),
+        )
+        return gateway_json(gateway)
+
+    @app.post(f"{ADMIN_PREFIX}/devices", status_code=201, summary="Register a device")
+    def create_device(body: DeviceCreate) -> dict[str, Any]:
+        device = store.create_device(
+            body.dev_eui,
+            profile_id=body.profile_id,
+            activation=body.activation,
+            created=clock(),
+            name=body.name,
+            join_eui=body.join_eui,
+            app_key=_bytes(body.app_key),
+            dev_addr=None if body.dev_addr is None else int(body.dev_addr, 16),
+            nwk_s_key=_bytes(body.nwk_s_key),
+            app_s_key=_bytes(body.app_s_key),
+        )
+        return device_json(device)
+
+    return app
+
+
+def _id(text: str, what: str) -> str:
+    """A path id must be 16 hex digits; anything else cannot exist, so it is a 404."""
+    lowered = text.lower()
+    if len(lowered) != 16 or any(c not in "0123456789abcdef" for c in lowered):
+        raise NotFoundError(f"no {what} {text!r}: ids are 16 hex digits")
+    return lowered
+
+
+__all__ = ["ADMIN_PREFIX", "API_PREFIX", "FleetError", "create_app"]

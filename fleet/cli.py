@@ -1,0 +1,376 @@
+"""``owlgate fleet``: run the fleet manager (``serve``) and fill a database for a demo (``seed``).
+
+``serve`` runs the HTTP API under uvicorn. Background services (the MQTT ingest, and the
+control service that answers joins and hands out device sessions) are added as lifespan
+hooks: async context managers entered when the server starts and left when it stops, so
+every task they own is awaited or cancelled on shutdown (see :func:`build_server`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from fastapi import FastAPI
+
+from owlgate.codecs.errors import OwlgateError
+from owlgate.codecs.payloads import PROFILES
+
+from .api import create_app
+from .broker import BrokerError, EmbeddedBroker, parse_broker_url
+from .control import control_service
+from .ingest import ingest_service
+from .joinserver import dev_addr_prefix
+from .store import FleetError, Store
+
+EXIT_BAD_INPUT = 2
+DEFAULT_DB = "owlgate-fleet.sqlite3"
+#: File names of a seeded gateway's private keys under ``KEYS_DIR/<gateway_id>/``.
+IDENTITY_KEY_FILE = "identity-ed25519.pem"
+SEALING_KEY_FILE = "sealing-x25519.pem"
+#: The fleet's Ed25519 signing key (private), directly under ``KEYS_DIR``.
+FLEET_SIGNING_KEY_FILE = "fleet-signing-ed25519.pem"
+#: The fleet's public signing key, the one a gateway pins, under ``KEYS_DIR/<gateway_id>/``.
+FLEET_PUBLIC_KEY_FILE = "fleet-ed25519.pub.pem"
+DEFAULT_KEYS_DIR = "gateway-keys"
+MANIFEST_FILE = "emulator-secrets.json"
+
+#: A background service: given the store, an async context manager that runs while serving.
+Service = Callable[[Store], AbstractAsyncContextManager[object]]
+
+fleet_command = typer.Typer(
+    name="fleet",
+    help="The fleet manager: serve the API, seed a demo database.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _open_store(db: Path) -> Store:
+    if str(db) != ":memory:" and not db.parent.is_dir():
+        _fail(f"--db {db}: folder {db.parent} does not exist")
+    try:
+        return Store(db)
+    except (OwlgateError, OSError) as err:
+        _fail(f"--db {db}: {err}")
+
+
+def build_server(
+    store: Store, *, host: str, port: int, services: Sequence[Service] = ()
+) -> uvicorn.Server:
+    """The uvicorn server for :func:`owlgate.fleet.api.create_app` over ``store``, entering
+    each of ``services`` at startup and leaving them, in reverse order, at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for service in services:
+                await stack.enter_async_context(service(store))
+            yield
+
+    app = create_app(store, lifespan=lifespan)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on")
+    return uvicorn.Server(config)
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The fleet's Ed25519 signing key from a PEM file (PKCS#8, unencrypted); a one-line
+    error and exit 2 when it is missing, unreadable or not an Ed25519 private key."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        _fail(f"--signing-key {path}: {err.strerror or err}")
+    try:
+        key = serialization.load_pem_private_key(data, None)
+    except (ValueError, TypeError) as err:
+        # Only the kind of failure is shown: a parser's message could quote the file's bytes.
+        _fail(f"--signing-key {path}: not an unencrypted PEM private key ({type(err).__name__})")
+    if not isinstance(key, Ed25519PrivateKey):
+        _fail(f"--signing-key {path}: not an Ed25519 key ({type(key).__name__})")
+    return key
+
+
+def broker_services(
+    broker: str | None, signing_key: Ed25519PrivateKey
+) -> tuple[list[Service], str]:
+    """The services that give the fleet its MQTT side, and the broker URL gateways use.
+
+    Without ``broker``: an embedded broker on a free loopback port, then the ingest and the
+    control service (joins, device sessions; what it sends is signed with ``signing_key``)
+    on it. With ``mqtt://host:port``: the same two on that broker (Mosquitto or any other)."""
+    embedded = None
+    if broker is None:
+        embedded = EmbeddedBroker()
+        host, port = embedded.host, embedded.port
+    else:
+        try:
+            host, port = parse_broker_url(broker)
+        except BrokerError as err:
+            _fail(f"--broker: {err.message}")
+    services: list[Service] = []
+    if embedded is not None:
+        running = embedded
+
+        def start_broker(store: Store) -> AbstractAsyncContextManager[object]:
+            return running
+
+        services.append(start_broker)
+    services.append(ingest_service(host, port))
+    services.append(control_service(host, port, signing_key))
+    return services, f"mqtt://{host}:{port}"
+
+
+@fleet_command.command("serve")
+def serve(
+    db: Annotated[Path, typer.Option("--db", help="SQLite database file")] = Path(DEFAULT_DB),
+    host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
+    http_port: Annotated[
+        int, typer.Option("--http-port", help="HTTP port (0: any free port)")
+    ] = 8080,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            "--broker",
+            metavar="mqtt://HOST:PORT",
+            help="MQTT broker to ingest from (default: an embedded broker on a free port)",
+        ),
+    ] = None,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--signing-key",
+            metavar="FILE",
+            help=f"the fleet's Ed25519 signing key, PEM [DB folder/{DEFAULT_KEYS_DIR}/"
+            f"{FLEET_SIGNING_KEY_FILE}]",
+        ),
+    ] = None,
+) -> None:
+    """Run the fleet manager: the HTTP API (OpenAPI at /openapi.json), the MQTT ingest, and
+    joins and device sessions over MQTT."""
+    if not 0 <= http_port <= 65535:
+        _fail(f"--http-port must be 0 .. 65535, got {http_port}")
+    if str(db) != ":memory:" and not db.parent.is_dir():
+        _fail(f"--db {db}: folder {db.parent} does not exist")
+    key = load_signing_key(signing_key or db.parent / DEFAULT_KEYS_DIR / FLEET_SIGNING_KEY_FILE)
+    services, url = broker_services(broker, key)
+    store = _open_store(db)
+    typer.echo(f"MQTT broker: {url}" + (" (embedded)" if broker is None else ""))
+    try:
+        build_server(store, host=host, port=http_port, services=services).run()
+    finally:
+        store.close()
+
+
+@dataclass(frozen=True, slots=True)
+class SeedResult:
+    """What :func:`seed_fleet` registered: gateways and devices as written to the manifest."""
+
+    gateways: list[dict[str, Any]]
+    devices: list[dict[str, Any]]
+    #: The fleet's private signing key file.
+    signing_key: str
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    # Created 0600 from the start: a key must never exist world-readable, even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, 0o600)
+
+
+def _pem(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _public_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _existing_signing_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), None)
+    except (ValueError, TypeError) as err:
+        raise FleetError(f"{path} exists but is not an unencrypted PEM private key") from err
+    if not isinstance(key, Ed25519PrivateKey):
+        raise FleetError(f"{path} exists but is not an Ed25519 private key")
+    return key
+
+
+def seed_fleet(
+    store: Store, *, gateways: int, nodes: int, keys_dir: Path, seed: int | None, now: float
+) -> SeedResult:
+    """Register ``gateways`` gateways (private keys written to ``keys_dir``) and ``nodes``
+    devices over the built-in profiles, alternately ABP and OTAA, and make the fleet's
+    signing key (``keys_dir/fleet-signing-ed25519.pem``; its public key beside each
+    gateway's keys, for the gateway to pin). With ``seed``, ids and keys are reproducible
+    (for demos only: seeded keys are not secret)."""
+    rng = random.Random(seed)
+
+    def draw(n: int) -> bytes:
+        return rng.randbytes(n) if seed is not None else secrets.token_bytes(n)
+
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fleet_key = Ed25519PrivateKey.from_private_bytes(draw(32))
+    fleet_key_path = keys_dir / FLEET_SIGNING_KEY_FILE
+    if fleet_key_path.exists():
+        # Seeding more gateways into the same keys folder keeps the fleet's key: the gateways
+        # seeded before have pinned it.
+        fleet_key = _existing_signing_key(fleet_key_path)
+    else:
+        _write_private(fleet_key_path, _pem(fleet_key))
+    fleet_public = _public_pem(fleet_key)
+    seeded = SeedResult([], [], str(fleet_key_path))
+    for index in range(gateways):
+        gid = draw(8).hex()
+        identity = Ed25519PrivateKey.from_private_bytes(draw(32))
+        sealing = X25519PrivateKey.from_private_bytes(draw(32))
+        folder = keys_dir / gid
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(folder / IDENTITY_KEY_FILE, _pem(identity))
+        _write_private(folder / SEALING_KEY_FILE, _pem(sealing))
+        # Public: the gateway verifies what the fleet signs against it (its pinned key).
+        (folder / FLEET_PUBLIC_KEY_FILE).write_bytes(fleet_public)
+        raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        store.create_gateway(
+            gid,
+            name=f"gateway-{index + 1}",
+            sign_public_key=identity.public_key().public_bytes(*raw),
+            seal_public_key=sealing.public_key().public_bytes(*raw),
+            created=now,
+        )
+        seeded.gateways.append(
+            {
+                "id": gid,
+                "keys_dir": str(folder),
+                "fleet_public_key": str(folder / FLEET_PUBLIC_KEY_FILE),
+            }
+        )
+    profile_ids = sorted(PROFILES)
+    join_eui = draw(8).hex()
+    prefix, bits = dev_addr_prefix(0)
+    used: set[int] = set()
+    for index in range(nodes):
+        dev_eui = draw(8).hex()
+        profile_id = profile_ids[index % len(profile_ids)]
+        entry: dict[str, Any] = {"dev_eui": dev_eui, "profile_id": profile_id}
+        if index % 2 == 0:
+            dev_addr = prefix | (1 + rng.randrange((1 << bits) - 1))
+            while dev_addr in used or store.dev_addr_in_use(dev_addr):
+                dev_addr = prefix | (1 + rng.randrange((1 << bits) - 1))
+            used.add(dev_addr)
+            nwk_s_key, app_s_key = draw(16), draw(16)
+            store.create_device(
+                dev_eui,
+                profile_id=profile_id,
+                activation="abp",
+                created=now,
+                name=f"node-{index + 1}",
+                dev_addr=dev_addr,
+                nwk_s_key=nwk_s_key,
+                app_s_key=app_s_key,
+            )
+            entry |= {
+                "activation": "abp",
+                "dev_addr": f"{dev_addr:08x}",
+                "nwk_s_key": nwk_s_key.hex(),
+                "app_s_key": app_s_key.hex(),
+            }
+        else:
+            app_key = draw(16)
+            store.create_device(
+                dev_eui,
+                profile_id=profile_id,
+                activation="otaa",
+                created=now,
+                name=f"node-{index + 1}",
+                join_eui=join_eui,
+                app_key=app_key,
+            )
+            entry |= {"activation": "otaa", "join_eui": join_eui, "app_key": app_key.hex()}
+        seeded.devices.append(entry)
+    return seeded
+
+
+@fleet_command.command("seed")
+def seed(
+    db: Annotated[Path, typer.Option("--db", help="SQLite database file (created if new)")],
+    gateways: Annotated[int, typer.Option("--gateways", help="gateways to register")] = 1,
+    nodes: Annotated[int, typer.Option("--nodes", help="devices to register")] = 4,
+    keys_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys-dir",
+            help=f"where the fleet's and gateways' keys go [DB folder/{DEFAULT_KEYS_DIR}]",
+        ),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help=f"emulator secrets file [DB folder/{MANIFEST_FILE}]"),
+    ] = None,
+    seed_value: Annotated[
+        int | None, typer.Option("--seed", help="reproducible ids and keys (demo only)")
+    ] = None,
+) -> None:
+    """Fill a fleet database for a demo: gateways with fresh keys, devices over every profile."""
+    if gateways < 0 or nodes < 0:
+        _fail("--gateways and --nodes must not be negative")
+    keys_dir = keys_dir or db.parent / DEFAULT_KEYS_DIR
+    manifest = manifest or db.parent / MANIFEST_FILE
+    if not manifest.parent.is_dir():
+        _fail(f"--manifest {manifest}: folder {manifest.parent} does not exist")
+    store = _open_store(db)
+    try:
+        seeded = seed_fleet(
+            store,
+            gateways=gateways,
+            nodes=nodes,
+            keys_dir=keys_dir,
+            seed=seed_value,
+            now=time.time(),
+        )
+    except OwlgateError as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"--keys-dir {keys_dir}: {err.strerror}")
+    finally:
+        store.close()
+    document = {
+        "warning": "EMULATOR SECRETS: device keys for emulated devices; never use in production",
+        "db": str(db),
+        "fleet_signing_key": seeded.signing_key,
+        "gateways": seeded.gateways,
+        "devices": seeded.devices,
+    }
+    _write_private(manifest, (json.dumps(document, indent=2) + "\n").encode())
+    abp = sum(1 for device in seeded.devices if device["activation"] == "abp")
+    typer.echo(
+        f"seeded {db}: {len(seeded.gateways)} gateways (private keys under {keys_dir}, the "
+        f"fleet's signing key in {seeded.signing_key}), "
+        f"{len(seeded.devices)} devices ({abp} ABP, {len(seeded.devices) - abp} OTAA) over "
+        f"profiles {', '.join(sorted(PROFILES))}; emulator secrets in {manifest} (mode 0600)"
+    )

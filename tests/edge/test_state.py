@@ -1,0 +1,147 @@
+"""The agent's state database: sessions, outbox, bound and evictions, transactions, restarts."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from owlgate.edge.state import STATE_FILE, StateDb, StateError, StoredSession
+
+EUI_A = bytes.fromhex("70b3d57ed0000001")
+EUI_B = bytes.fromhex("70b3d57ed0000002")
+
+
+def _session(dev_eui: bytes, dev_addr: int = 0x26011234, f_cnt: int | None = None) -> StoredSession:
+    return StoredSession(
+        dev_eui, dev_addr, "parking-v1", bytes(range(16)), bytes(range(16, 32)), f_cnt, "abp"
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[StateDb]:
+    with StateDb.in_dir(tmp_path) as state:
+        yield state
+
+
+def test_pragmas_file_mode_and_migrations(tmp_path: Path) -> None:
+    with StateDb.in_dir(tmp_path) as state:
+        assert state.migrations() == [(1, "initial")]
+    path = tmp_path / STATE_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("SELECT version, name FROM migrations").fetchall() == [(1, "initial")]
+    finally:
+        raw.close()
+    # Reopening does not run the migration again.
+    with StateDb.in_dir(tmp_path) as state:
+        assert state.migrations() == [(1, "initial")]
+
+
+def test_sessions_round_trip_and_replace(db: StateDb) -> None:
+    db.save_session(_session(EUI_B, f_cnt=7), now=1.0)
+    db.save_session(_session(EUI_A), now=1.0)
+    assert db.sessions() == [_session(EUI_A), _session(EUI_B, f_cnt=7)]
+    # A rejoin replaces the session, counter included.
+    db.save_session(_session(EUI_B, dev_addr=0x26019999), now=2.0)
+    assert db.sessions()[1] == _session(EUI_B, dev_addr=0x26019999)
+    assert "000102" not in repr(db.sessions()[0])
+    assert db.delete_session(EUI_A) is True
+    assert db.delete_session(EUI_A) is False
+    assert [s.dev_eui for s in db.sessions()] == [EUI_B]
+
+
+def test_outbox_put_pending_ack(db: StateDb) -> None:
+    first = db.put("telemetry", b"one", 100.0)
+    second = db.put("health", b"second", 105.0, delayed=True)
+    assert db.depth == 2
+    assert db.outbox_bytes == 9
+    assert db.oldest_age_s(110.0) == 10.0
+    entries = db.pending(10)
+    assert [(e.id, e.topic, e.payload, e.delayed, e.size) for e in entries] == [
+        (first, "telemetry", b"one", False, 3),
+        (second, "health", b"second", True, 6),
+    ]
+    assert entries[0].created_at == 100.0
+    assert [e.id for e in db.pending(1)] == [first]
+    assert db.ack(first) is True
+    assert db.ack(first) is False
+    assert db.depth == 1
+    assert db.outbox_bytes == 6
+    assert db.oldest_age_s(110.0) == 5.0
+    assert db.ack(second) is True
+    assert db.oldest_age_s(110.0) is None
+    assert db.pending(10) == []
+
+
+def test_live_first_order(db: StateDb) -> None:
+    backlog = [db.put("telemetry", b"old", float(t), delayed=True) for t in range(3)]
+    live = db.put("telemetry", b"new", 10.0)
+    assert [e.id for e in db.pending(10)] == [*backlog, live]
+    assert [e.id for e in db.pending(10, live_first=True)] == [live, *backlog]
+
+
+def test_bound_evicts_oldest_first_and_counts(tmp_path: Path) -> None:
+    with StateDb.in_dir(tmp_path, max_outbox_bytes=100) as state:
+        ids = [state.put("telemetry", bytes(30), float(t)) for t in range(3)]
+        assert state.stats(3.0).evicted == 0
+        newest = state.put("telemetry", bytes(30), 3.0)
+        assert [e.id for e in state.pending(10)] == [ids[1], ids[2], newest]
+        big = state.put("telemetry", bytes(70), 4.0)
+        stats = state.stats(4.0)
+        assert [e.id for e in state.pending(10)] == [newest, big]
+        assert (stats.depth, stats.bytes, stats.evicted, stats.evicted_bytes) == (2, 100, 3, 90)
+        assert state.ack(ids[0]) is False  # evicted: a late ack deletes nothing
+        with pytest.raises(StateError, match="cannot fit"):
+            state.put("telemetry", bytes(101), 5.0)
+    # Counters and sizes survive a restart.
+    with StateDb.in_dir(tmp_path, max_outbox_bytes=100) as state:
+        stats = state.stats(4.0)
+        assert (stats.depth, stats.bytes, stats.evicted, stats.evicted_bytes) == (2, 100, 3, 90)
+
+
+def test_batch_and_counters_in_one_transaction(tmp_path: Path) -> None:
+    with StateDb.in_dir(tmp_path) as state:
+        state.save_session(_session(EUI_A, f_cnt=5), now=0.0)
+        state.save_session(_session(EUI_B), now=0.0)
+        assert state.next_batch_seq == 0
+        state.put("telemetry", b"batch0", 1.0, f_cnts={EUI_A: 9, EUI_B: 0}, batch_seq=0)
+        assert state.next_batch_seq == 1
+        # A counter never goes backwards.
+        state.put("telemetry", b"batch1", 2.0, f_cnts={EUI_A: 3}, batch_seq=1)
+    with StateDb.in_dir(tmp_path) as state:
+        assert {s.dev_eui: s.last_f_cnt for s in state.sessions()} == {EUI_A: 9, EUI_B: 0}
+        assert state.next_batch_seq == 2
+        assert [e.payload for e in state.pending(10)] == [b"batch0", b"batch1"]
+
+
+def test_failed_write_changes_nothing(tmp_path: Path) -> None:
+    with StateDb.in_dir(tmp_path) as state:
+        state.save_session(_session(EUI_A, f_cnt=5), now=0.0)
+        # A counter SQLite cannot bind fails after the outbox insert, inside the transaction:
+        # nothing of the write stays.
+        bad: dict[bytes, int] = {EUI_A: object()}  # type: ignore[dict-item]
+        with pytest.raises(StateError, match="rolled back"):
+            state.put("telemetry", b"batch", 1.0, f_cnts=bad, batch_seq=0)
+        assert state.depth == 0
+        assert state.next_batch_seq == 0
+    with StateDb.in_dir(tmp_path) as state:
+        assert state.sessions()[0].last_f_cnt == 5
+        assert state.pending(10) == []
+        assert state.next_batch_seq == 0
+
+
+def test_entry_written_but_not_acked_is_pending_after_reopen(tmp_path: Path) -> None:
+    state = StateDb.in_dir(tmp_path)
+    entry = state.put("telemetry", b"sealed", 1.0, batch_seq=0)
+    # No ack, no clean shutdown beyond closing the file handle (the commit is what counts).
+    state.close()
+    with StateDb.in_dir(tmp_path) as state:
+        assert [(e.id, e.payload) for e in state.pending(10)] == [(entry, b"sealed")]
+        assert state.depth == 1
+        assert state.next_batch_seq == 1

@@ -1,0 +1,304 @@
+"""The fleet's MQTT ingest: signed batches stored, forged and replayed ones refused and counted,
+the same frame from two gateways merged; over the embedded broker and over Mosquitto, and
+through ``owlgate fleet serve`` as an operator runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiomqtt
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from owlgate.codecs.health import Health, encode_health
+from owlgate.codecs.node.telemetry import Batch, Reading, encode_batch
+from owlgate.codecs.signed import sign
+from owlgate.fleet.ingest import Ingest, IngestService, Rejected, parse_topic, subscriptions
+from owlgate.fleet.store import Store
+from tests.conftest import REPO
+from tests.fleet.conftest import ABP_EUI, GW1, GW2, T0, raw_public
+from tests.mqtt_servers import BrokerServer
+
+pytest_plugins = ["tests.brokers"]
+
+DEV = bytes.fromhex(ABP_EUI)
+
+
+@pytest.fixture
+def keys() -> dict[str, Ed25519PrivateKey]:
+    return {GW1: Ed25519PrivateKey.generate(), GW2: Ed25519PrivateKey.generate()}
+
+
+@pytest.fixture
+def fleet(store: Store, keys: dict[str, Ed25519PrivateKey]) -> Store:
+    for gid, key in keys.items():
+        store.create_gateway(
+            gid,
+            name=gid,
+            sign_public_key=raw_public(key),
+            seal_public_key=raw_public(X25519PrivateKey.generate()),
+            created=T0,
+        )
+    store.create_device(
+        ABP_EUI,
+        profile_id="parking-v1",
+        activation="abp",
+        created=T0,
+        dev_addr=0x26000001,
+        nwk_s_key=bytes(16),
+        app_s_key=bytes(16),
+    )
+    return store
+
+
+def reading(fcnt: int, rssi: int = -100, occupied: bool = True) -> Reading:
+    values: dict[str, object] = {"occupied": occupied, "battery_mv": 3500, "temperature_c": 20.5}
+    return Reading(DEV, int(T0) + fcnt, values, rssi_dbm=rssi, snr_db=5.0, fcnt=fcnt)
+
+
+def signed_batch(key: Ed25519PrivateKey, gateway: str, seq: int, readings: list[Reading]) -> bytes:
+    batch = Batch(bytes.fromhex(gateway), seq, int(T0), readings)
+    return sign(encode_batch(batch), key)
+
+
+def topic(gateway: str, kind: str) -> str:
+    return f"owlgate/v1/gw/{gateway}/{kind}"
+
+
+# --- the handler, without a broker --------------------------------------------------------------
+
+
+def test_a_signed_batch_is_stored(fleet: Store, keys: dict[str, Ed25519PrivateKey]) -> None:
+    ingest = Ingest(fleet, clock=lambda: T0 + 60)
+    ingest.handle(topic(GW1, "telemetry"), signed_batch(keys[GW1], GW1, 1, [reading(1)]))
+    stored = fleet.readings(ABP_EUI).items
+    assert [item.fcnt for item in stored] == [1]
+    assert ingest.counters.readings_stored == 1
+    assert fleet.gateway(GW1).facts.last_seen == T0 + 60
+
+
+def test_a_replayed_batch_stores_nothing_twice(
+    fleet: Store, keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    ingest = Ingest(fleet, clock=lambda: T0)
+    message = signed_batch(keys[GW1], GW1, 7, [reading(1), reading(2)])
+    ingest.handle(topic(GW1, "telemetry"), message)
+    ingest.handle(topic(GW1, "telemetry"), message)
+    assert len(fleet.readings(ABP_EUI).items) == 2
+    assert ingest.counters.batch_duplicates == 1
+    assert ingest.counters.readings_stored == 2
+
+
+def test_the_same_frame_from_two_gateways_is_one_reading(
+    fleet: Store, keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    ingest = Ingest(fleet, clock=lambda: T0)
+    ingest.handle(topic(GW1, "telemetry"), signed_batch(keys[GW1], GW1, 1, [reading(5, -90)]))
+    ingest.handle(topic(GW2, "telemetry"), signed_batch(keys[GW2], GW2, 1, [reading(5, -120)]))
+    (stored,) = fleet.readings(ABP_EUI).items
+    assert sorted((r.gateway_id, r.rssi_dbm) for r in stored.receptions) == [
+        (GW1, -90),
+        (GW2, -120),
+    ]
+    assert ingest.counters.duplicates_merged == 1
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("unsigned", "signature"),
+        ("other gateway's key", "signature"),
+        ("names another gateway", "wrong_gateway"),
+        ("unknown gateway", "unknown_gateway"),
+        ("tampered", "signature"),
+        ("not a batch", "malformed"),
+        ("bad topic", "topic"),
+    ],
+)
+def test_bad_messages_are_rejected_counted_and_not_stored(
+    fleet: Store, keys: dict[str, Ed25519PrivateKey], case: str, reason: str
+) -> None:
+    good = [reading(1)]
+    where = topic(GW1, "telemetry")
+    if case == "unsigned":
+        message = encode_batch(Batch(bytes.fromhex(GW1), 1, int(T0), good))
+    elif case == "other gateway's key":
+        message = signed_batch(keys[GW2], GW1, 1, good)
+    elif case == "names another gateway":
+        message = signed_batch(keys[GW1], GW2, 1, good)
+    elif case == "unknown gateway":
+        where = topic("b827ebfffe0000ff", "telemetry")
+        message = signed_batch(keys[GW1], "b827ebfffe0000ff", 1, good)
+    elif case == "tampered":
+        altered = bytearray(signed_batch(keys[GW1], GW1, 1, good))
+        altered[-70] ^= 0x01
+        message = bytes(altered)
+    elif case == "not a batch":
+        message = sign(b"\x01\x02", keys[GW1])
+    else:
+        where = "owlgate/v1/gw/zz/telemetry"
+        message = signed_batch(keys[GW1], GW1, 1, good)
+    ingest = Ingest(fleet, clock=lambda: T0)
+    with pytest.raises(Rejected) as caught:
+        ingest.handle(where, message)
+    assert caught.value.reason == reason
+    assert ingest.counters.rejected == {reason: 1}
+    assert fleet.readings(ABP_EUI).items == []
+    # The good data around it still goes in.
+    ingest.handle(topic(GW1, "telemetry"), signed_batch(keys[GW1], GW1, 2, [reading(9)]))
+    assert [item.fcnt for item in fleet.readings(ABP_EUI).items] == [9]
+
+
+def test_health_and_state_update_the_gateway(
+    fleet: Store, keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    ingest = Ingest(fleet, clock=lambda: T0 + 5)
+    health = Health(
+        gateway_id=bytes.fromhex(GW1),
+        seq=1,
+        time_s=int(T0),
+        uptime_s=100,
+        agent_uptime_s=50,
+        agent_version="0.1.0",
+        config_hash=bytes(32),
+        outbox_depth=3,
+        outbox_oldest_age_s=12,
+    )
+    ingest.handle(topic(GW1, "health"), sign(encode_health(health), keys[GW1]))
+    ingest.handle(topic(GW1, "state"), b"offline")
+    gateway = fleet.gateway(GW1)
+    assert gateway.last_health is not None
+    assert ingest.counters.health == 1
+    assert ingest.counters.states == 1
+    with pytest.raises(Rejected):
+        ingest.handle(topic(GW1, "state"), b"maybe")
+
+
+def test_topics() -> None:
+    assert parse_topic("owlgate/v1/gw/B827EBFFFE000001/health") == (GW1, "health")
+    assert subscriptions(True)[0] == "$share/owlgate-ingest/owlgate/v1/gw/+/telemetry"
+    assert subscriptions(False) == [
+        "owlgate/v1/gw/+/telemetry",
+        "owlgate/v1/gw/+/health",
+        "owlgate/v1/gw/+/state",
+    ]
+
+
+# --- over a real broker -------------------------------------------------------------------------
+
+
+async def _publish_and_wait(
+    server: BrokerServer, fleet: Store, messages: list[tuple[str, bytes]], expected: int
+) -> IngestService:
+    service = IngestService(Ingest(fleet), server.host, server.port)
+    task = asyncio.create_task(service.run())
+    try:
+        await asyncio.wait_for(service.subscribed.wait(), 10)
+        async with aiomqtt.Client(server.host, server.port, identifier="gw-test") as client:
+            for where, payload in messages:
+                await client.publish(where, payload, qos=1)
+        deadline = time.monotonic() + 10
+        while len(fleet.readings(ABP_EUI, limit=1000).items) < expected:
+            assert time.monotonic() < deadline, service.ingest.counters.as_dict()
+            await asyncio.sleep(0.02)
+        # Give a stray extra message the chance to arrive before counting.
+        await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return service
+
+
+def test_ingest_over_the_broker(
+    broker: BrokerServer, fleet: Store, keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    batches = [
+        (topic(GW1, "telemetry"), signed_batch(keys[GW1], GW1, seq, [reading(seq)]))
+        for seq in range(1, 21)
+    ]
+    forged = (topic(GW1, "telemetry"), signed_batch(keys[GW2], GW1, 99, [reading(99)]))
+    messages = [*batches[:10], forged, batches[3], *batches[10:]]
+    service = asyncio.run(_publish_and_wait(broker, fleet, messages, 20))
+    assert [item.fcnt for item in fleet.readings(ABP_EUI, limit=1000).items] == list(range(1, 21))
+    counters = service.ingest.counters
+    assert counters.rejected == {"signature": 1}
+    assert counters.batch_duplicates == 1
+    assert counters.readings_stored == 20
+
+
+# --- owlgate fleet serve, as an operator runs it ------------------------------------------------
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+    """``owlgate fleet seed`` then ``owlgate fleet serve`` (embedded broker) in a subprocess;
+    yields the API URL, the broker URL and the keys folder."""
+    db = tmp_path / "fleet.sqlite3"
+    seed = [sys.executable, "-m", "owlgate.codecs.cli", "fleet", "seed", "--db", str(db)]
+    seed += ["--gateways", "1", "--nodes", "2", "--keys-dir", str(tmp_path / "keys")]
+    done = subprocess.run(seed, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    serve = [sys.executable, "-m", "owlgate.codecs.cli", "fleet", "serve", "--db", str(db)]
+    serve += ["--http-port", "0"]
+    serve += ["--signing-key", str(tmp_path / "keys" / "fleet-signing-ed25519.pem")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        serve, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env
+    )
+    try:
+        assert process.stdout is not None
+        broker_url = api_url = ""
+        deadline = time.monotonic() + 30
+        while not (broker_url and api_url):
+            assert time.monotonic() < deadline, "fleet serve did not start"
+            line = process.stdout.readline()
+            assert line, "fleet serve exited"
+            if line.startswith("MQTT broker: "):
+                broker_url = line.split()[2]
+            if "Uvicorn running on " in line:
+                api_url = line.split("Uvicorn running on ")[1].split()[0]
+        yield api_url, broker_url, tmp_path / "keys"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def test_fleet_serve_ingests_from_its_embedded_broker(served: tuple[str, str, Path]) -> None:
+    api, broker_url, keys_dir = served
+    manifest = json.loads((keys_dir.parent / "emulator-secrets.json").read_text())
+    gateway = manifest["gateways"][0]["id"]
+    dev_eui = manifest["devices"][0]["dev_eui"]
+    key = load_pem_private_key((keys_dir / gateway / "identity-ed25519.pem").read_bytes(), None)
+    assert isinstance(key, Ed25519PrivateKey)
+    row = Reading(bytes.fromhex(dev_eui), int(time.time()), {"occupied": False}, -99, 2.5, fcnt=3)
+    payload = sign(encode_batch(Batch(bytes.fromhex(gateway), 1, row.time_s, [row])), key)
+    host, port = broker_url.removeprefix("mqtt://").split(":")
+
+    async def publish() -> None:
+        async with aiomqtt.Client(host, int(port), identifier="gw") as client:
+            await client.publish(topic(gateway, "state"), b"online", qos=1, retain=True)
+            await client.publish(topic(gateway, "telemetry"), payload, qos=1)
+
+    asyncio.run(publish())
+    deadline = time.monotonic() + 15
+    while True:
+        items = httpx.get(f"{api}/api/v1/nodes/{dev_eui}/readings").json()["items"]
+        if items or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [item["fcnt"] for item in items] == [3]
+    gateways = httpx.get(f"{api}/api/v1/gateways").json()["items"]
+    assert gateways[0]["id"] == gateway
+    assert gateways[0]["health"]["state"] == "online"

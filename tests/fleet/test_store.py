@@ -1,0 +1,272 @@
+"""The fleet store: migrations, registry, secrets kept apart, batches and de-duplication."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from owlgate.codecs.health import Health, RadioCounters
+from owlgate.codecs.node.cbor import Tag
+from owlgate.codecs.node.telemetry import Reading
+from owlgate.codecs.payloads import PROFILES
+from owlgate.fleet.store import (
+    MIGRATIONS,
+    ConflictError,
+    InvalidError,
+    NotFoundError,
+    Store,
+    StoreResult,
+)
+from tests.fleet.conftest import (
+    ABP_ADDR,
+    ABP_EUI,
+    APP_KEY,
+    APP_S_KEY,
+    GW1,
+    GW2,
+    NWK_S_KEY,
+    OTAA_EUI,
+    T0,
+)
+
+
+def reading(dev_eui: str, fcnt: int | None, t: float, rssi: int = -80, **values: object) -> Reading:
+    return Reading(
+        bytes.fromhex(dev_eui), int(t), dict(values), rssi_dbm=rssi, snr_db=7.25, fcnt=fcnt
+    )
+
+
+def test_migrations_are_recorded_and_run_once(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.db"
+    with Store(path) as first:
+        assert first.applied_migrations() == [name for name, _ in MIGRATIONS]
+    with Store(path) as again:
+        assert again.applied_migrations() == [name for name, _ in MIGRATIONS]
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        count = conn.execute("SELECT count(*) FROM migrations").fetchone()[0]
+        assert count == len(MIGRATIONS)
+    finally:
+        conn.close()
+
+
+def test_profiles_come_from_the_codec_registry(store: Store) -> None:
+    assert [p.id for p in store.profiles()] == sorted(PROFILES)
+    assert store.profiles()[0].name == PROFILES[sorted(PROFILES)[0]].name
+
+
+def test_registry_round_trip_and_errors(registry: Store) -> None:
+    gateway = registry.gateway(GW1.upper())
+    assert gateway.id == GW1
+    assert gateway.facts.last_seen is None
+    assert len(gateway.seal_public_key) == 32
+    device = registry.device(bytes.fromhex(ABP_EUI))
+    assert (device.activation, device.dev_addr, device.profile_id) == (
+        "abp",
+        ABP_ADDR,
+        "parking-v1",
+    )
+    keys = registry.device_keys(OTAA_EUI)
+    assert keys.app_key == APP_KEY
+    assert keys.nwk_s_key is None
+    assert APP_KEY.hex() not in repr(keys)
+    with pytest.raises(NotFoundError, match="no gateway"):
+        registry.gateway("00000000000000ff")
+    with pytest.raises(NotFoundError, match="no device"):
+        registry.device("00000000000000ff")
+    with pytest.raises(ConflictError, match="already registered"):
+        registry.create_device(
+            ABP_EUI,
+            profile_id="parking-v1",
+            activation="otaa",
+            created=T0,
+            join_eui=OTAA_EUI,
+            app_key=APP_KEY,
+        )
+    with pytest.raises(ConflictError, match="DevAddr 01234567"):
+        registry.create_device(
+            "00000000000000aa",
+            profile_id="parking-v1",
+            activation="abp",
+            created=T0,
+            dev_addr=ABP_ADDR,
+            nwk_s_key=NWK_S_KEY,
+            app_s_key=APP_S_KEY,
+        )
+    with pytest.raises(InvalidError, match="unknown device profile 'nope'"):
+        registry.create_device(
+            "00000000000000aa",
+            profile_id="nope",
+            activation="otaa",
+            created=T0,
+            join_eui=OTAA_EUI,
+            app_key=APP_KEY,
+        )
+    with pytest.raises(InvalidError, match="needs a JoinEUI and an AppKey"):
+        registry.create_device(
+            "00000000000000aa", profile_id="parking-v1", activation="otaa", created=T0
+        )
+    with pytest.raises(InvalidError, match="AppKey must be 16 bytes"):
+        registry.create_device(
+            "00000000000000aa",
+            profile_id="parking-v1",
+            activation="otaa",
+            created=T0,
+            join_eui=OTAA_EUI,
+            app_key=bytes(15),
+        )
+    with pytest.raises(InvalidError, match="16 hex digits"):
+        registry.device("xyz")
+
+
+def test_secrets_are_only_in_device_keys(registry: Store) -> None:
+    conn = registry._db.conn
+    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        if table == "device_keys":
+            continue
+        for row in conn.execute(f'SELECT * FROM "{table}"'):
+            for value in row:
+                assert value not in (APP_KEY, NWK_S_KEY, APP_S_KEY), table
+
+
+def test_pagination_walks_every_row_once(store: Store) -> None:
+    euis = [f"{n:016x}" for n in range(1, 8)]
+    for eui in reversed(euis):
+        store.create_device(
+            eui,
+            profile_id="parking-v1",
+            activation="otaa",
+            created=T0,
+            join_eui=GW1,
+            app_key=APP_KEY,
+        )
+    seen, after, pages = [], None, 0
+    while True:
+        page = store.devices(limit=3, after=after)
+        seen += [d.dev_eui for d in page.items]
+        pages += 1
+        if page.next is None:
+            break
+        after = page.next
+    assert seen == euis
+    assert pages == 3
+    with pytest.raises(InvalidError, match="limit"):
+        store.devices(limit=0)
+
+
+def test_batch_is_stored_once_and_duplicates_merge(registry: Store) -> None:
+    first = [
+        reading(ABP_EUI, 10, T0, battery_mv=3012, occupied=True),
+        reading(OTAA_EUI, 3, T0 + 1, fill_pct=40),
+    ]
+    assert registry.record_batch(GW1, 1, first, T0 + 5) == StoreResult(2, 0, False)
+    # The same batch again (an MQTT redelivery): nothing.
+    assert registry.record_batch(GW1, 1, first, T0 + 6) == StoreResult(0, 0, True)
+    # Another gateway heard the ABP frame, and one new frame.
+    second = [
+        reading(ABP_EUI, 10, T0, rssi=-101, battery_mv=3012, occupied=True),
+        reading(ABP_EUI, 11, T0 + 60, occupied=False),
+    ]
+    assert registry.record_batch(GW2, 1, second, T0 + 70) == StoreResult(1, 1, False)
+    page = registry.readings(ABP_EUI)
+    assert [(r.fcnt, r.values) for r in page.items] == [
+        (10, {"battery_mv": 3012, "occupied": True}),
+        (11, {"occupied": False}),
+    ]
+    assert [(r.gateway_id, r.rssi_dbm, r.snr_db) for r in page.items[0].receptions] == [
+        (GW1, -80, 7.25),
+        (GW2, -101, 7.25),
+    ]
+    assert page.items[0].gateway_id == GW1
+    assert page.next is None
+    device = registry.device(ABP_EUI)
+    assert (device.last_seen, device.last_fcnt, device.battery_mv) == (T0 + 60, 11, 3012)
+    assert registry.gateway(GW2).facts.last_seen == T0 + 70
+
+
+def test_same_fcnt_outside_the_window_is_a_new_frame(registry: Store) -> None:
+    registry.record_batch(GW1, 1, [reading(ABP_EUI, 0, T0)], T0)
+    result = registry.record_batch(GW1, 2, [reading(ABP_EUI, 0, T0 + 3600)], T0 + 3600)
+    assert result == StoreResult(1, 0, False)
+    # Wired readings carry no FCnt: never merged.
+    result = registry.record_batch(
+        GW1, 3, [reading(ABP_EUI, None, T0), reading(ABP_EUI, None, T0)], T0
+    )
+    assert result.stored == 2
+
+
+def test_a_failing_batch_stores_nothing(registry: Store) -> None:
+    bad = [reading(ABP_EUI, 1, T0), Reading(b"short", int(T0), {})]
+    with pytest.raises(InvalidError):
+        registry.record_batch(GW1, 9, bad, T0)
+    assert registry.readings(ABP_EUI).items == []
+    assert registry.record_batch(GW1, 9, bad[:1], T0) == StoreResult(1, 0, False)
+
+
+def test_extension_values_that_json_lacks_are_kept(registry: Store) -> None:
+    ext = {"raw": b"\x01\xff", "tagged": Tag(1, 5)}
+    registry.record_batch(GW1, 1, [reading(ABP_EUI, 1, T0, ext=ext)], T0)
+    values = registry.readings(ABP_EUI).items[0].values
+    assert values == {"ext": {"raw": "01ff", "tagged": {"tag": 1, "value": 5}}}
+
+
+def test_unknown_gateway_batch_is_refused(registry: Store) -> None:
+    with pytest.raises(NotFoundError):
+        registry.record_batch("00000000000000ff", 1, [reading(ABP_EUI, 1, T0)], T0)
+
+
+def test_readings_since_limit_and_cursor(registry: Store) -> None:
+    batch = [reading(ABP_EUI, n, T0 + 10 * n) for n in range(6)]
+    registry.record_batch(GW1, 1, batch, T0 + 100)
+    page = registry.readings(ABP_EUI, since=T0 + 20, limit=2)
+    assert [r.fcnt for r in page.items] == [2, 3]
+    assert page.next is not None
+    rest = registry.readings(ABP_EUI, since=T0 + 20, limit=10, after=page.next)
+    assert [r.fcnt for r in rest.items] == [4, 5]
+    assert rest.next is None
+    with pytest.raises(InvalidError, match="cursor"):
+        registry.readings(ABP_EUI, after="nonsense")
+
+
+def test_health_state_and_heard_facts(registry: Store) -> None:
+    health = Health(
+        gateway_id=bytes.fromhex(GW1),
+        seq=4,
+        time_s=int(T0),
+        uptime_s=100,
+        agent_uptime_s=90,
+        agent_version="1.0",
+        config_hash=bytes(8),
+        interval_s=30,
+        outbox_depth=12,
+        outbox_oldest_age_s=40,
+        radio=RadioCounters(received=100, crc_ok=90, crc_bad=10, forwarded=90, transmitted=2),
+    )
+    registry.record_health(GW1, health, received_at=T0 + 1)
+    facts = registry.gateway(GW1).facts
+    assert (facts.heartbeat_interval_s, facts.outbox_depth, facts.outbox_oldest_age_s) == (
+        30,
+        12,
+        40,
+    )
+    assert (facts.radio_crc_ok, facts.radio_crc_bad, facts.last_seen) == (90, 10, T0 + 1)
+    assert registry.gateway(GW1).last_health is not None
+    registry.set_gateway_state(GW1, False, T0 + 2)
+    facts = registry.gateway(GW1).facts
+    assert (facts.state_online, facts.state_at, facts.last_seen) == (False, T0 + 2, T0 + 1)
+    registry.set_gateway_state(GW1, True, T0 + 3)
+    facts = registry.gateway(GW1).facts
+    assert (facts.state_online, facts.last_seen) == (True, T0 + 3)
+    # last_seen never moves backwards (a delayed message).
+    registry.gateway_heard(GW1, T0 - 50)
+    assert registry.gateway(GW1).facts.last_seen == T0 + 3
+    with pytest.raises(NotFoundError):
+        registry.gateway_heard("00000000000000ff", T0)
+    with pytest.raises(NotFoundError):
+        registry.set_gateway_state("00000000000000ff", True, T0)
+    # Without a reception time, the message's own time counts.
+    registry.record_health(GW2, health)
+    assert registry.gateway(GW2).facts.last_seen == T0
