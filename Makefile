@@ -28,7 +28,7 @@ $(NODE_STAMP): package.json package-lock.json
 node: $(NODE_STAMP)
 
 demo: $(STAMP)
-	$(BIN)/owlgate demo
+	$(BIN)/owlgate demo --duration 30 --gateways 3 --nodes 60
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

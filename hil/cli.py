@@ -1,21 +1,27 @@
-"""``owlgate demo``: the main job of ``make demo``. Today the codec showcase
-(:mod:`owlgate.hil.showcase`), printed hop by hop."""
+"""``owlgate hil``: hardware-in-the-loop tools. ``showcase`` prints the codec showcase
+(:mod:`owlgate.hil.showcase`) hop by hop; ``gateway`` runs one emulated gateway's radio side
+(:mod:`owlgate.hil.gateway_emulator`) for ``owlgate demo``."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from .gateway_emulator import EmulatorError, emulate, write_report
 from .showcase import Showcase, run_showcase
 
-demo_command = typer.Typer(
-    name="demo",
-    help="Run the owlgate demonstration: one sensor reading along the whole wire path.",
+hil_command = typer.Typer(
+    name="hil",
+    help="Hardware-in-the-loop tools: the codec showcase and the emulated gateway.",
     add_completion=False,
+    no_args_is_help=True,
 )
 
 _HEX_SHOWN = 24
@@ -33,7 +39,9 @@ def _mark(ok: bool) -> str:
 
 def render(show: Showcase, console: Console) -> None:
     """Print a showcase: the hops, the refused faults, the size comparison, a verdict."""
-    console.print(f"[bold]owlgate demo[/] — seed {show.seed} (repeat with --seed {show.seed})")
+    console.print(
+        f"[bold]owlgate hil showcase[/] — seed {show.seed} (repeat with --seed {show.seed})"
+    )
     hops = Table(title="One parking reading, hop by hop", title_justify="left")
     hops.add_column("#", justify="right")
     hops.add_column("hop")
@@ -74,8 +82,8 @@ def render(show: Showcase, console: Console) -> None:
         console.print("[red]a hop did not decode back, or a fault was not refused: see ✗ above[/]")
 
 
-@demo_command.callback(invoke_without_command=True)
-def demo(
+@hil_command.command("showcase")
+def showcase(
     readings: Annotated[
         int,
         typer.Option("--readings", min=1, max=10_000, help="batch size for the size comparison"),
@@ -92,3 +100,55 @@ def demo(
     render(show, Console())
     if not show.ok:
         raise typer.Exit(1)
+
+
+@hil_command.command("gateway")
+def gateway(
+    link_dir: Annotated[
+        Path, typer.Option("--link-dir", help="folder for the concentrator's pty symlink")
+    ],
+    manifest: Annotated[
+        Path, typer.Option("--manifest", help="emulator secrets written by `fleet seed`")
+    ],
+    gateway_id: Annotated[str, typer.Option("--gateway", help="the gateway's EUI, 16 hex")],
+    devices: Annotated[
+        str | None,
+        typer.Option("--devices", help="comma-separated DevEUIs to emulate (default: all)"),
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option("--duration", min=0, help="stop after S seconds")
+    ] = None,
+    interval_s: Annotated[
+        float, typer.Option("--interval-s", min=0.1, help="seconds between a device's uplinks")
+    ] = 5.0,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="JSON file of every generated reading")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="seed for values and jitter")] = 0,
+) -> None:
+    """Run an emulated concentrator and its devices until SIGTERM, SIGINT or --duration;
+    prints `LINK <path>` first, then writes the report."""
+    euis = None if devices is None else [e for e in devices.split(",") if e]
+    try:
+        secrets_file = json.loads(manifest.read_text())
+    except (OSError, ValueError) as err:
+        typer.echo(f"error: --manifest {manifest}: {err}", err=True)
+        raise typer.Exit(2) from err
+    try:
+        run = asyncio.run(
+            emulate(
+                link_dir=link_dir,
+                manifest=secrets_file,
+                gateway_id=gateway_id,
+                dev_euis=euis,
+                duration_s=duration,
+                interval_s=interval_s,
+                seed=seed,
+            )
+        )
+    except EmulatorError as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(2) from err
+    if report is not None:
+        write_report(run, report)
+    typer.echo(f"generated {len(run.readings)} readings, {run.joins} joins")

@@ -1,5 +1,5 @@
-"""``owlgate demo`` (the codec showcase): every hop decodes back, every fault is refused, and
-the verdict really depends on the checks."""
+"""``owlgate hil showcase`` (the codec showcase): every hop decodes back, every fault is
+refused, and the verdict really depends on the checks."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from owlgate.hil.showcase import run_showcase
 RUNNER = CliRunner()
 
 
-def test_demo_command_runs_and_says_so() -> None:
-    result = RUNNER.invoke(app, ["demo", "--seed", "7", "--readings", "20"], env={"COLUMNS": "200"})
+def test_showcase_command_runs_and_says_so() -> None:
+    result = RUNNER.invoke(
+        app, ["hil", "showcase", "--seed", "7", "--readings", "20"], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "seed 7" in out
@@ -70,7 +72,9 @@ def test_sizes_compare_the_same_readings() -> None:
     assert sizes["ChirpStack-style JSON uplink event"].bytes_per_reading > 1000
 
 
-def test_a_hop_that_does_not_decode_back_fails_the_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hop_that_does_not_decode_back_fails_the_showcase(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     real = decode_uplink
 
     def wrong(profile: str, f_port: int, payload: bytes) -> dict[str, object]:
@@ -78,11 +82,11 @@ def test_a_hop_that_does_not_decode_back_fails_the_demo(monkeypatch: pytest.Monk
         return {**values, "battery_mv": 1}
 
     monkeypatch.setattr("owlgate.hil.showcase.decode_uplink", wrong)
-    result = RUNNER.invoke(app, ["demo", "--seed", "7", "--readings", "5"])
+    result = RUNNER.invoke(app, ["hil", "showcase", "--seed", "7", "--readings", "5"])
     assert result.exit_code == 1
     assert "a hop did not decode back" in result.stdout
 
 
 def test_bad_options_exit_2() -> None:
-    result = RUNNER.invoke(app, ["demo", "--readings", "0"])
+    result = RUNNER.invoke(app, ["hil", "showcase", "--readings", "0"])
     assert result.exit_code == 2
