@@ -14,10 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import codec_bench
+from . import codec_bench, edge_bench
 from .figures import Figure
 
-SUITES = {"codec": codec_bench.run}
+SUITES = {"codec": codec_bench.run, "edge": edge_bench.run}
 
 bench_command = typer.Typer(
     name="bench",

@@ -21,6 +21,7 @@ REQUIRED = [
     "codec.lorawan_decode_us",
     "codec.telemetry_encode_us_per_reading",
     "codec.frame_roundtrip_us",
+    "edge.pipeline_us_per_uplink",
 ]
 
 
@@ -39,6 +40,8 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
             assert figures[f"{name}.{other}"] > figures[name]
     assert figures["goals"]["codec.lorawan_decode_us"] == {"max": 6}
     assert figures["goals"]["codec.telemetry_bytes_per_reading_batch100"] == {"max": 24}
+    assert figures["goals"]["edge.pipeline_us_per_uplink"] == {"max": 50}
+    assert figures["medians"]["edge.pipeline_us_per_uplink"] > 0
     assert figures["meta"]["cpus"] >= 1
 
 
