@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from owlgate.codecs.control import (
@@ -61,7 +60,6 @@ from owlgate.codecs.control import (
 from owlgate.codecs.errors import LorawanError, OwlgateError
 from owlgate.codecs.signed import sign, verify
 
-from .ingest import wait_subscribed
 from .joinserver import (
     AddressSpaceError,
     DevNonceReusedError,
@@ -73,6 +71,7 @@ from .joinserver import (
     device_session,
     seal_for_gateway,
 )
+from .mqtt import MqttService, wait_subscribed
 from .store import MAX_PAGE_LIMIT, FleetError, NotFoundError, Store
 
 log = logging.getLogger(__name__)
@@ -84,10 +83,6 @@ QOS: Final = 1
 #: Sealed sessions per SessionUpdate: a city's worth of devices is split over several
 #: messages, so no single MQTT message grows past a few tens of kilobytes.
 MAX_SESSIONS_PER_UPDATE: Final = 200
-RECONNECT_INITIAL_S: Final = 0.5
-RECONNECT_MAX_S: Final = 15.0
-# CONNACK reason code 0x84 (MQTT 5.0 section 3.2.2.2): the broker does not speak MQTT 5.
-UNSUPPORTED_PROTOCOL_VERSION: Final = 132
 
 #: The refusal a JoinAnswer carries, by the join server's error.
 REFUSALS: Final[tuple[tuple[type[JoinError], str], ...]] = (
@@ -341,14 +336,11 @@ class Control:
             after = page.next
 
 
-def _reason(rc: object) -> object:
-    # aiomqtt gives a paho ReasonCode (MQTT 5) or a plain int (3.1.1).
-    return getattr(rc, "value", rc)
+class ControlService(MqttService):
+    """The control service on MQTT: subscribes and answers every message, reconnecting as
+    :class:`~owlgate.fleet.mqtt.MqttService` does."""
 
-
-class ControlService:
-    """The control service on MQTT: connects to ``host:port``, subscribes, answers every
-    message, and reconnects with jittered exponential backoff until stopped."""
+    name = "control"
 
     def __init__(
         self,
@@ -360,62 +352,39 @@ class ControlService:
         identifier: str | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__(host, port, mqtt5=mqtt5, identifier=identifier, rng=rng)
         self.control = control
-        self.host = host
-        self.port = port
-        self.mqtt5 = mqtt5
-        self.identifier = identifier or f"owlgate-control-{random.getrandbits(32):08x}"
-        self.subscribed = asyncio.Event()
-        self._rng = rng or random.Random()
 
-    async def run(self) -> None:
-        """Serve until cancelled."""
-        delay = RECONNECT_INITIAL_S
-        while True:
-            try:
-                await self._session()
-            except MqttConnectError as err:
-                if self.mqtt5 and _reason(err.rc) == UNSUPPORTED_PROTOCOL_VERSION:
-                    # An MQTT 3.1.1 broker (the embedded one): no shared subscriptions there.
-                    log.info("broker speaks MQTT 3.1.1 only: subscribing without sharing")
-                    self.mqtt5 = False
-                    continue
-                delay = await self._backoff(err, delay)
-            except aiomqtt.MqttError as err:
-                delay = await self._backoff(err, delay)
+    def topics(self, mqtt5: bool) -> list[tuple[str, int]]:
+        return [(topic, QOS) for topic in subscriptions(mqtt5)]
 
-    async def _session(self) -> None:
-        protocol = aiomqtt.ProtocolVersion.V5 if self.mqtt5 else aiomqtt.ProtocolVersion.V311
-        async with aiomqtt.Client(
-            self.host, self.port, identifier=self.identifier, protocol=protocol
-        ) as client:
-            for topic in subscriptions(self.mqtt5):
-                await client.subscribe(topic, qos=QOS)
-            self.subscribed.set()
-            log.info("control subscribed on %s:%d", self.host, self.port)
-            # Sessions for a gateway coming online take time to seal (tens of microseconds
-            # each, for every device): they go through a queue of their own, so a join is
-            # never kept waiting behind them past its RX1 window (JOIN_ACCEPT_DELAY1, 5 s,
-            # LoRaWAN 1.0.3 section 6.2.5). A gateway whose state changes again while it waits
-            # there is handled once, with its latest state.
-            latest: dict[str, bytes | bytearray] = {}
-            queue: asyncio.Queue[str] = asyncio.Queue()
-            states = asyncio.create_task(self._states(client, queue, latest))
-            try:
-                async for message in client.messages:
-                    topic = str(message.topic)
-                    payload = message.payload
-                    if topic.endswith("/state") and isinstance(payload, bytes | bytearray):
-                        if topic not in latest:
-                            queue.put_nowait(topic)
-                        latest[topic] = payload
-                    else:
-                        await self._publish(client, await self._one(topic, payload))
-            finally:
-                states.cancel()
-                (ended,) = await asyncio.gather(states, return_exceptions=True)
-                if isinstance(ended, Exception):
-                    log.error("control's state worker failed: %r", ended)
+    def count_reconnect(self) -> None:
+        self.control.counters.reconnect()
+
+    async def serve(self, client: aiomqtt.Client) -> None:
+        # Sessions for a gateway coming online take time to seal (tens of microseconds
+        # each, for every device): they go through a queue of their own, so a join is
+        # never kept waiting behind them past its RX1 window (JOIN_ACCEPT_DELAY1, 5 s,
+        # LoRaWAN 1.0.3 section 6.2.5). A gateway whose state changes again while it waits
+        # there is handled once, with its latest state.
+        latest: dict[str, bytes | bytearray] = {}
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        states = asyncio.create_task(self._states(client, queue, latest))
+        try:
+            async for message in client.messages:
+                topic = str(message.topic)
+                payload = message.payload
+                if topic.endswith("/state") and isinstance(payload, bytes | bytearray):
+                    if topic not in latest:
+                        queue.put_nowait(topic)
+                    latest[topic] = payload
+                else:
+                    await self._publish(client, await self._one(topic, payload))
+        finally:
+            states.cancel()
+            (ended,) = await asyncio.gather(states, return_exceptions=True)
+            if isinstance(ended, Exception):
+                log.error("control's state worker failed: %r", ended)
 
     async def _states(
         self,
@@ -437,14 +406,6 @@ class ControlService:
                 # so the other messages still go. A lost connection ends the message loop.
                 self.control.counters.publish_failed()
                 log.error("could not publish to %s: %s", outgoing.topic, err)
-
-    async def _backoff(self, err: Exception, delay: float) -> float:
-        self.subscribed.clear()
-        self.control.counters.reconnect()
-        wait = self._rng.uniform(delay / 2, delay)
-        log.warning("control lost the broker (%s); reconnecting in %.1f s", err, wait)
-        await asyncio.sleep(wait)
-        return min(delay * 2, RECONNECT_MAX_S)
 
     async def _one(self, topic: str, payload: object) -> list[Outgoing]:
         if not isinstance(payload, bytes | bytearray):

@@ -29,7 +29,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from owlgate.codecs.errors import OwlgateError
@@ -37,6 +36,7 @@ from owlgate.codecs.health import decode_health
 from owlgate.codecs.node.telemetry import decode_batch
 from owlgate.codecs.signed import verify
 
+from .mqtt import MqttService, wait_subscribed
 from .store import FleetError, NotFoundError, Store
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,6 @@ log = logging.getLogger(__name__)
 TOPIC_PREFIX = "owlgate/v1/gw/"
 SHARE_GROUP = "owlgate-ingest"
 KINDS = ("telemetry", "health", "state")
-RECONNECT_INITIAL_S = 0.5
-RECONNECT_MAX_S = 15.0
-# CONNACK reason code 0x84 (MQTT 5.0 section 3.2.2.2): the broker does not speak MQTT 5.
-UNSUPPORTED_PROTOCOL_VERSION = 132
-STARTUP_WAIT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -192,21 +187,17 @@ class Ingest:
         self.counters.health += 1
 
 
-def _reason(rc: object) -> object:
-    # aiomqtt gives a paho ReasonCode (MQTT 5) or a plain int (3.1.1).
-    value = getattr(rc, "value", rc)
-    return value
-
-
 def subscriptions(shared: bool) -> list[str]:
     """The topic filters the ingest subscribes to."""
     filters = [f"{TOPIC_PREFIX}+/{kind}" for kind in KINDS]
     return [f"$share/{SHARE_GROUP}/{topic}" for topic in filters] if shared else filters
 
 
-class IngestService:
-    """The ingest on MQTT: connects to ``host:port``, subscribes, handles every message, and
-    reconnects with jittered exponential backoff until stopped."""
+class IngestService(MqttService):
+    """The ingest on MQTT: subscribes and handles every message, reconnecting as
+    :class:`~owlgate.fleet.mqtt.MqttService` does."""
+
+    name = "ingest"
 
     def __init__(
         self,
@@ -218,49 +209,18 @@ class IngestService:
         identifier: str | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__(host, port, mqtt5=mqtt5, identifier=identifier, rng=rng)
         self.ingest = ingest
-        self.host = host
-        self.port = port
-        self.mqtt5 = mqtt5
-        self.identifier = identifier or f"owlgate-fleet-{random.getrandbits(32):08x}"
-        self.subscribed = asyncio.Event()
-        self._rng = rng or random.Random()
 
-    async def run(self) -> None:
-        """Serve until cancelled."""
-        delay = RECONNECT_INITIAL_S
-        while True:
-            try:
-                await self._session()
-            except MqttConnectError as err:
-                if self.mqtt5 and _reason(err.rc) == UNSUPPORTED_PROTOCOL_VERSION:
-                    # An MQTT 3.1.1 broker (the embedded one): no shared subscriptions there.
-                    log.info("broker speaks MQTT 3.1.1 only: subscribing without sharing")
-                    self.mqtt5 = False
-                    continue
-                delay = await self._backoff(err, delay)
-            except aiomqtt.MqttError as err:
-                delay = await self._backoff(err, delay)
+    def topics(self, mqtt5: bool) -> list[tuple[str, int]]:
+        return [(topic, 1) for topic in subscriptions(mqtt5)]
 
-    async def _session(self) -> None:
-        protocol = aiomqtt.ProtocolVersion.V5 if self.mqtt5 else aiomqtt.ProtocolVersion.V311
-        async with aiomqtt.Client(
-            self.host, self.port, identifier=self.identifier, protocol=protocol
-        ) as client:
-            for topic in subscriptions(self.mqtt5):
-                await client.subscribe(topic, qos=1)
-            self.subscribed.set()
-            log.info("ingest subscribed on %s:%d", self.host, self.port)
-            async for message in client.messages:
-                await self._one(str(message.topic), message.payload)
-
-    async def _backoff(self, err: Exception, delay: float) -> float:
-        self.subscribed.clear()
+    def count_reconnect(self) -> None:
         self.ingest.counters.reconnects += 1
-        wait = self._rng.uniform(delay / 2, delay)
-        log.warning("ingest lost the broker (%s); reconnecting in %.1f s", err, wait)
-        await asyncio.sleep(wait)
-        return min(delay * 2, RECONNECT_MAX_S)
+
+    async def serve(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            await self._one(str(message.topic), message.payload)
 
     async def _one(self, topic: str, payload: object) -> None:
         if not isinstance(payload, bytes | bytearray):
@@ -271,18 +231,6 @@ class IngestService:
             await asyncio.to_thread(self.ingest.handle, topic, bytes(payload))
         except Rejected:
             return  # counted and logged by handle; the next message is unaffected
-
-
-async def wait_subscribed(subscribed: asyncio.Event, what: str) -> None:
-    """Hold the server's startup until ``what`` has subscribed, for at most
-    STARTUP_WAIT_S: a fleet that says it is running must not miss the first batches. A broker
-    that is down at startup is not fatal: the service keeps retrying in the background."""
-    try:
-        await asyncio.wait_for(subscribed.wait(), STARTUP_WAIT_S)
-    except TimeoutError:
-        log.warning(
-            "%s not subscribed after %.0f s; retrying in the background", what, STARTUP_WAIT_S
-        )
 
 
 def ingest_service(
