@@ -41,8 +41,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -71,7 +71,7 @@ from .joinserver import (
     device_session,
     seal_for_gateway,
 )
-from .mqtt import MqttService, wait_subscribed
+from .mqtt import MqttService
 from .store import MAX_PAGE_LIMIT, FleetError, NotFoundError, Store
 
 log = logging.getLogger(__name__)
@@ -439,17 +439,9 @@ def control_service(
     """A fleet service (see :func:`owlgate.fleet.cli.build_server`) running joins and device
     sessions over MQTT, signing what it sends with ``signing_key``."""
 
-    @asynccontextmanager
-    async def service(store: Store) -> AsyncIterator[ControlService]:
-        running = ControlService(
+    def service(store: Store) -> ControlService:
+        return ControlService(
             Control(store, signing_key, settings=settings), host, port, mqtt5=mqtt5
         )
-        task = asyncio.create_task(running.run(), name="owlgate-control")
-        await wait_subscribed(running.subscribed, "control")
-        try:
-            yield running
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     return service

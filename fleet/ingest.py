@@ -24,8 +24,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 import aiomqtt
@@ -36,7 +36,7 @@ from owlgate.codecs.health import decode_health
 from owlgate.codecs.node.telemetry import decode_batch
 from owlgate.codecs.signed import verify
 
-from .mqtt import MqttService, wait_subscribed
+from .mqtt import MqttService
 from .store import FleetError, NotFoundError, Store
 
 log = logging.getLogger(__name__)
@@ -238,15 +238,7 @@ def ingest_service(
 ) -> Callable[[Store], AbstractAsyncContextManager[IngestService]]:
     """A fleet service (see :func:`owlgate.fleet.cli.build_server`) running the ingest."""
 
-    @asynccontextmanager
-    async def service(store: Store) -> AsyncIterator[IngestService]:
-        running = IngestService(Ingest(store), host, port, mqtt5=mqtt5)
-        task = asyncio.create_task(running.run(), name="owlgate-ingest")
-        await wait_subscribed(running.subscribed, "ingest")
-        try:
-            yield running
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    def service(store: Store) -> IngestService:
+        return IngestService(Ingest(store), host, port, mqtt5=mqtt5)
 
     return service

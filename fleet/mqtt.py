@@ -12,6 +12,8 @@ import asyncio
 import logging
 import random
 from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Self
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -52,6 +54,24 @@ class MqttService(ABC):
         self.identifier = identifier or f"owlgate-{self.name}-{random.getrandbits(32):08x}"
         self.subscribed = asyncio.Event()
         self._rng = rng or random.Random()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        """Run in the background; return once subscribed (or after STARTUP_WAIT_S)."""
+        self._task = asyncio.create_task(self.run(), name=f"owlgate-{self.name}")
+        await wait_subscribed(self.subscribed, self.name)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     @abstractmethod
     def topics(self, mqtt5: bool) -> list[tuple[str, int]]:
