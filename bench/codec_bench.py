@@ -178,6 +178,8 @@ def _telemetry_figures(number: int) -> list[Figure]:
             decode.best_us * scale,
             "µs",
             "decoding (and canonical-form check of) a batch of 100 parking readings, per reading",
+            # The fleet decodes every batch it ingests: 20,000 readings/s on 2 cores.
+            goal_max=5,
             median=decode.median_us * scale,
         ),
     ]

@@ -30,13 +30,15 @@ CPython only (dataclasses and enums); the MCU side is C firmware, or the emulato
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from enum import IntEnum
 from itertools import pairwise
 from operator import attrgetter
 from types import MappingProxyType
-from typing import Final, TypeAlias, TypeGuard
+from typing import Final, TypeAlias, TypeGuard, TypeVar
 
 from .errors import CodecError, CrcError, SchemaError
 from .node import cbor
@@ -990,6 +992,201 @@ _STRUCTS: Final[dict[type, _Body]] = {
 }
 
 
+# --- the RX_FRAME fast path -------------------------------------------------------------------
+
+# Nearly every message on the line is an RX_FRAME, one per packet heard. decode_message reads
+# the form encoders write (envelope [4, 0, {...}], keys 1 to 11 in increasing order, integers,
+# and the payload as a definite-length byte string) straight from the bytes, checks each value
+# as the kinds of the RX_FRAME row of MESSAGES do (the checks RxFrame's constructor makes), and
+# builds the frame from the values it checked rather than checking them a second time. Any
+# other form, and any value that fails a check, goes to the general path (None), which accepts
+# or refuses it as it always has and names the problem: the fast path changes only the time.
+
+_RX_SPEC: Final = _BY_TYPE[MessageType.RX_FRAME]
+_RX_KINDS: Final = {entry.key: entry.kind for entry in _RX_SPEC.fields}
+_K = TypeVar("_K", bound=Kind)
+
+
+def _rx_kind(key: int, cls: type[_K]) -> _K:
+    kind = _RX_KINDS[key]
+    if not isinstance(kind, cls):
+        raise TypeError(f"the RX_FRAME fast path expects key {key} to be {cls.__name__}")
+    return kind
+
+
+_RX_FREQUENCY: Final = _rx_kind(1, IntRange)
+_RX_SF: Final = _rx_kind(2, IntRange)
+_RX_BANDWIDTH: Final = _rx_kind(3, OneOf)
+_RX_CODING_RATE: Final = _rx_kind(4, EnumKind)
+_RX_RSSI: Final = _rx_kind(5, IntRange)
+_RX_SNR: Final = _rx_kind(6, Steps)
+_RX_TIMESTAMP: Final = _rx_kind(7, IntRange)
+_RX_CRC: Final = _rx_kind(8, EnumKind)
+_RX_PAYLOAD: Final = _rx_kind(9, Bytes)
+_RX_CHANNEL: Final = _rx_kind(10, IntRange)
+_RX_RF_CHAIN: Final = _rx_kind(11, IntRange)
+# What the fast path relies on, so that a change of the table cannot leave it behind: the
+# fields it sets, by name, are RxFrame's, and the keys and their order are the table's.
+_RX_NAMES: Final = (
+    "frequency_hz",
+    "sf",
+    "bandwidth_hz",
+    "coding_rate",
+    "rssi_dbm",
+    "snr_db",
+    "timestamp_us",
+    "crc_status",
+    "payload",
+    "channel",
+    "rf_chain",
+    "token",
+)
+assert tuple(entry.name for entry in dataclass_fields(RxFrame)) == _RX_NAMES
+assert tuple(entry.name for entry in _RX_SPEC.fields) == _RX_NAMES[:-1]
+assert [entry.key for entry in _RX_SPEC.fields] == list(range(1, 12))
+assert [entry.optional for entry in _RX_SPEC.fields] == [False] * 9 + [True] * 2
+assert _RX_SPEC.token is TokenRule.ZERO
+# The ranges of the integer kinds (low and high included), for one test each.
+_RX_FREQUENCIES: Final = range(_RX_FREQUENCY.low, _RX_FREQUENCY.high + 1)
+_RX_SFS: Final = range(_RX_SF.low, _RX_SF.high + 1)
+_RX_BANDWIDTHS: Final = _RX_BANDWIDTH.values
+_RX_RSSIS: Final = range(_RX_RSSI.low, _RX_RSSI.high + 1)
+_RX_SNR_PER: Final = _RX_SNR.per
+_RX_TIMESTAMPS: Final = range(_RX_TIMESTAMP.low, _RX_TIMESTAMP.high + 1)
+_RX_PAYLOAD_SIZES: Final = range(_RX_PAYLOAD.low, _RX_PAYLOAD.high + 1)
+_RX_CHANNELS: Final = range(_RX_CHANNEL.low, _RX_CHANNEL.high + 1)
+_RX_RF_CHAINS: Final = range(_RX_RF_CHAIN.low, _RX_RF_CHAIN.high + 1)
+# The envelope of an RX_FRAME: an array of 3, type 4, token 0 (the only token it may carry).
+_RX_ENVELOPE: Final = b"\x83\x04\x00"
+_new_object = object.__new__
+# The slots' own setters, in _RX_NAMES order: what object.__setattr__ ends up calling for a
+# frozen dataclass, without the lookup.
+_RX_SETTERS: Final = tuple(getattr(RxFrame, name).__set__ for name in _RX_NAMES)
+
+
+def _rx_int(data: bytes, at: int) -> tuple[int | None, int]:
+    # The integer at data[at] in any form cbor.loads reads (RFC 8949 section 3.1: an argument
+    # of 0 to 8 bytes, shortest or not), and the offset after it; None for any other item.
+    # The forms an RSSI, an SNR and a timestamp take come first.
+    initial = data[at]
+    if initial < 0x18:
+        return initial, at + 1
+    if 0x20 <= initial < 0x38:
+        return 0x1F - initial, at + 1
+    if initial == 0x38:
+        return -1 - data[at + 1], at + 2
+    if initial == 0x18:
+        return data[at + 1], at + 2
+    if initial == 0x1A:
+        return int.from_bytes(data[at + 1 : at + 5], "big"), at + 5
+    major = initial >> 5
+    info = initial & 0x1F
+    if major > 1 or info > 27:
+        return None, at
+    size = 1 << (info - 24)
+    argument = int.from_bytes(data[at + 1 : at + 1 + size], "big")
+    return (argument if major == 0 else -1 - argument), at + 1 + size
+
+
+# The first 21 bytes of the common form: the map head and keys 1 to 5, frequency and bandwidth
+# with four-byte arguments (every valid value needs four, RFC 8949 section 3.1), sf and coding
+# rate in the initial byte (every valid value is below 24), and the key of the RSSI.
+_RX_HEAD: Final = struct.Struct(">3xBBBIBBBBIBBB")
+_RX_HEAD_KEYS: Final = (1, 0x1A, 2, 3, 0x1A, 4, 5)
+
+
+def _rx_frame(data: bytes) -> RxFrame | None:
+    # The RxFrame in data, which starts with _RX_ENVELOPE, or None to leave data to the general
+    # path. A read past the end raises IndexError (struct.error for the head), which
+    # decode_message takes as None; a slice past the end leaves ``at`` beyond the end, which
+    # the final length check refuses.
+    (head, k1, h1, frequency_hz, k2, sf, k3, h3, bandwidth_hz, k4, coding_rate, k5) = (
+        _RX_HEAD.unpack_from(data)
+    )
+    # Nine to eleven pairs: the required keys 1 to 9, then channel and RF chain if present.
+    if not 0xA9 <= head <= 0xAB or (k1, h1, k2, k3, h3, k4, k5) != _RX_HEAD_KEYS:
+        return None
+    rssi_dbm, at = _rx_int(data, 21)
+    if rssi_dbm is None or data[at] != 6:
+        return None
+    quarters, at = _rx_int(data, at + 1)
+    if quarters is None or data[at] != 7:
+        return None
+    timestamp_us, at = _rx_int(data, at + 1)
+    if timestamp_us is None or data[at] != 8:
+        return None
+    crc, at = _rx_int(data, at + 1)
+    if crc is None or data[at] != 9:
+        return None
+    initial = data[at + 1]
+    if 0x40 <= initial < 0x58:
+        size = initial - 0x40
+        at += 2
+    elif initial == 0x58:
+        size = data[at + 2]
+        at += 3
+    else:
+        return None
+    payload = data[at : at + size]
+    at += size
+    channel = rf_chain = None
+    extra = head - 0xA9
+    if extra and data[at] == 10:
+        channel, at = _rx_int(data, at + 1)
+        if channel is None:
+            return None
+        extra -= 1
+    if extra and data[at] == 11:
+        rf_chain, at = _rx_int(data, at + 1)
+        if rf_chain is None:
+            return None
+        extra -= 1
+    if extra or at != len(data):
+        return None
+    # Each kind's check, in field order (Steps as it decodes: an integer count of steps, then
+    # the check of the float that stands for).
+    coding_rate_member = _RX_CODING_RATE.by_value.get(coding_rate)
+    if (
+        frequency_hz not in _RX_FREQUENCIES
+        or sf not in _RX_SFS
+        or bandwidth_hz not in _RX_BANDWIDTHS
+        or coding_rate_member is None
+        or rssi_dbm not in _RX_RSSIS
+    ):
+        return None
+    snr_db = quarters / _RX_SNR_PER
+    steps = snr_db * _RX_SNR_PER
+    if not _RX_SNR.low <= steps <= _RX_SNR.high or round(steps) / _RX_SNR_PER != snr_db:
+        return None
+    snr_db = round(steps) / _RX_SNR_PER
+    crc_member = _RX_CRC.by_value.get(crc)
+    if (
+        timestamp_us not in _RX_TIMESTAMPS
+        or crc_member is None
+        or len(payload) not in _RX_PAYLOAD_SIZES
+        or (channel is not None and channel not in _RX_CHANNELS)
+        or (rf_chain is not None and rf_chain not in _RX_RF_CHAINS)
+    ):
+        return None
+    # Built from the values just checked, in their normal form (enum members, the float of
+    # the SNR, bytes), which is what __post_init__ would leave.
+    frame = _new_object(RxFrame)
+    (s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12) = _RX_SETTERS
+    s1(frame, frequency_hz)
+    s2(frame, sf)
+    s3(frame, bandwidth_hz)
+    s4(frame, coding_rate_member)
+    s5(frame, rssi_dbm)
+    s6(frame, snr_db)
+    s7(frame, timestamp_us)
+    s8(frame, crc_member)
+    s9(frame, payload)
+    s10(frame, channel)
+    s11(frame, rf_chain)
+    s12(frame, 0)
+    return frame
+
+
 # --- encoding and decoding --------------------------------------------------------------------
 
 
@@ -1057,6 +1254,19 @@ def decode_message(data: bytes) -> Message:
     """The message in a CBOR payload. Raises :class:`CborError` for bytes that are not one
     well-formed CBOR item and :class:`SchemaError` for anything that is not a valid v1 message
     (the text names the field, its key and what was expected)."""
+    if type(data) is bytes and data.startswith(_RX_ENVELOPE):
+        frame = None
+        try:
+            frame = _rx_frame(data)
+        except (IndexError, struct.error):
+            frame = None  # truncated: the general path says where
+        if frame is not None:
+            return frame
+    return _decode_general(data)
+
+
+def _decode_general(data: bytes) -> Message:
+    # Any CBOR, through cbor.loads and the field table.
     type_id, token, body = _header(cbor.loads(data))
     spec = _BY_TYPE.get(type_id)
     if spec is None:

@@ -72,6 +72,7 @@ MAX_PHY_PAYLOAD: Final = 255
 MAX_FCNT_GAP: Final = 16384
 
 _MASK128: Final = (1 << 128) - 1
+_U32_END: Final = 1 << 32
 _MIC_LEN: Final = 4
 _KEY_LEN: Final = 16
 # Shortest data frame: MHDR 1 + FHDR 7 (no FOpts) + MIC 4 (LoRaWAN 1.0.3 section 4.3).
@@ -311,13 +312,22 @@ class WidenedFCnt(NamedTuple):
     verdict: FCntVerdict
 
 
+# The verdicts as plain module constants: looking a member up on an Enum class costs several
+# times a global lookup, and _widen runs for every uplink.
+_NEW: Final = FCntVerdict.NEW
+_RETRANSMISSION: Final = FCntVerdict.RETRANSMISSION
+_REPLAY: Final = FCntVerdict.REPLAY
+_GAP: Final = FCntVerdict.GAP
+_EXHAUSTED: Final = FCntVerdict.EXHAUSTED
+
+
 def _widen(last: int | None, received: int, max_gap: int) -> tuple[int, FCntVerdict]:
     if last is None:
         # A fresh session: counters start at 0 after a join (LoRaWAN 1.0.3 section 4.3.1.5).
         base = expected = 0
     else:
         if received == last & 0xFFFF:
-            return last, FCntVerdict.RETRANSMISSION
+            return last, _RETRANSMISSION
         base = last
         expected = last + 1
     # The sender only ever counts up: assume the nearest value at or above the expected one,
@@ -326,12 +336,12 @@ def _widen(last: int | None, received: int, max_gap: int) -> tuple[int, FCntVerd
     candidate = expected + ahead
     if candidate - base < max_gap:
         if candidate > 0xFFFFFFFF:
-            return candidate & 0xFFFFFFFF, FCntVerdict.EXHAUSTED
-        return candidate, FCntVerdict.NEW
+            return candidate & 0xFFFFFFFF, _EXHAUSTED
+        return candidate, _NEW
     earlier = expected - (0x10000 - ahead)
     if earlier >= 0:
-        return earlier, FCntVerdict.REPLAY
-    return candidate & 0xFFFFFFFF, FCntVerdict.GAP
+        return earlier, _REPLAY
+    return candidate & 0xFFFFFFFF, _GAP
 
 
 def _check_widen_args(last: int | None, received: int, max_gap: int) -> None:
@@ -1069,6 +1079,13 @@ class DecodedUplink(NamedTuple):
         return bool(self.f_ctrl & 0x10)
 
 
+_new_tuple = tuple.__new__
+_UNCONFIRMED_UP: Final = MType.UNCONFIRMED_DATA_UP
+_CONFIRMED_UP: Final = MType.CONFIRMED_DATA_UP
+# decode_uplink builds it from eight values in field order.
+assert len(DecodedUplink._fields) == 8
+
+
 def _not_an_uplink(phy: bytes) -> LorawanError:
     frame = parse(phy)  # raises the precise reason when the frame is malformed
     return _error(f"a {frame.mtype.spec_name} frame is not a data uplink", phy, 0)
@@ -1107,10 +1124,22 @@ def decode_uplink(
     if fhdr_end > 8 and fhdr_end < mic_at and phy[fhdr_end] == 0:
         raise _error("FPort 0 with FOpts (LoRaWAN 1.0.3 4.3.1.6)", bytes(phy), fhdr_end)
     received = phy[6] | phy[7] << 8
-    _check_widen_args(last_f_cnt, received, max_gap)
+    # ``received`` is 16 bits by construction; the caller's counter and gap are checked in
+    # full (and the error raised) only when they are not plain integers in range.
+    if (
+        type(max_gap) is not int
+        or not 2 <= max_gap <= 0x10000
+        or (
+            last_f_cnt is not None
+            and (type(last_f_cnt) is not int or not 0 <= last_f_cnt < _U32_END)
+        )
+    ):
+        _check_widen_args(last_f_cnt, received, max_gap)
     f_cnt, verdict = _widen(last_f_cnt, received, max_gap)
 
-    nwk = keys.mic_key()
+    nwk = keys.nwk
+    if nwk is None:
+        nwk = keys.mic_key()  # raises: no NwkSKey
     dev_addr_le = phy[1:5]
     b0 = _B0_HEAD[True] + dev_addr_le + f_cnt.to_bytes(4, "little") + b"\x00" + _ONE_BYTE[mic_at]
     mic = nwk.cmac(b0 + phy[:mic_at])
@@ -1125,19 +1154,25 @@ def decode_uplink(
         payload = b""
     else:
         f_port = phy[fhdr_end]
-        key = nwk if f_port == 0 else keys.payload_key(f_port)
+        key = nwk if f_port == 0 else keys.app
+        if key is None:
+            key = keys.payload_key(f_port)  # raises: no AppSKey
         payload = _keystream_xor(
             key._update, phy[fhdr_end + 1 : mic_at], _AI_HEAD[True], dev_addr_le, f_cnt
         )
-    return DecodedUplink(
-        MType.UNCONFIRMED_DATA_UP if phy[0] == 0x40 else MType.CONFIRMED_DATA_UP,
-        int.from_bytes(dev_addr_le, "little"),
-        f_ctrl,
-        f_cnt,
-        verdict,
-        bytes(phy[8:fhdr_end]),
-        f_port,
-        payload,
+    # tuple.__new__ is what the named tuple's own __new__ ends in, without its Python frame.
+    return _new_tuple(
+        DecodedUplink,
+        (
+            _UNCONFIRMED_UP if phy[0] == 0x40 else _CONFIRMED_UP,
+            int.from_bytes(dev_addr_le, "little"),
+            f_ctrl,
+            f_cnt,
+            verdict,
+            bytes(phy[8:fhdr_end]),
+            f_port,
+            payload,
+        ),
     )
 
 

@@ -20,8 +20,10 @@ them back (:meth:`LorawanProcessor.load_sessions`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from typing import Final, TypeAlias
 
 from owlgate.codecs.concentrator import CrcStatus, RxFrame, TxRequest
@@ -110,6 +112,10 @@ class RejectReason(Enum):
     """Authentic, but the device profile cannot decode the payload."""
 
 
+# Enum members as module constants: an attribute of an Enum class costs several times a global.
+_CRC_BAD: Final = CrcStatus.BAD
+_NEW: Final = FCntVerdict.NEW
+
 # Logged at info: normal in a shared band, or not a fault at all.
 _QUIET: Final = frozenset(
     (RejectReason.UNKNOWN_DEV_ADDR, RejectReason.RETRANSMISSION, RejectReason.NOT_UPLINK)
@@ -173,7 +179,15 @@ class ProcessorCounters:
 
 class _Session:
     # A plain slotted class: its counter changes on every accepted uplink.
-    __slots__ = ("activation", "dev_addr", "dev_eui", "keys", "last_f_cnt", "profile_id")
+    __slots__ = (
+        "activation",
+        "decode",
+        "dev_addr",
+        "dev_eui",
+        "keys",
+        "last_f_cnt",
+        "profile_id",
+    )
 
     def __init__(
         self,
@@ -190,6 +204,14 @@ class _Session:
         self.keys = keys
         self.last_f_cnt = last_f_cnt
         self.activation = activation
+        # The profile's payload decoder, looked up once per session rather than per uplink:
+        # what payloads.decode_uplink(profile_id, ...) calls (PROFILES is read-only). A stored
+        # session of a profile this build lacks keeps going through decode_uplink, which
+        # refuses each of its uplinks as before.
+        profile = PROFILES.get(profile_id)
+        self.decode: Callable[[int, bytes], dict[str, object]] = (
+            partial(decode_payload, profile_id) if profile is None else profile.decode
+        )
 
 
 def _check_session(
@@ -322,7 +344,7 @@ class LorawanProcessor:
         """Process one received frame; ``now`` is UTC seconds (the reading's time). Never
         raises on bad radio input."""
         self.counters.received += 1
-        if rx.crc_status is CrcStatus.BAD:
+        if rx.crc_status is _CRC_BAD:
             return self._reject(RejectReason.CRC_BAD, "the radio's CRC check failed")
         phy = rx.payload
         mhdr = phy[0]
@@ -360,7 +382,7 @@ class LorawanProcessor:
         dev_eui = session.dev_eui
         f_cnt = up.f_cnt
         verdict = up.verdict
-        if verdict is not FCntVerdict.NEW:
+        if verdict is not _NEW:
             return self._reject(
                 _VERDICT_REASONS[verdict],
                 f"device {dev_eui.hex()}: FCnt {f_cnt} after {session.last_f_cnt}",
@@ -374,7 +396,7 @@ class LorawanProcessor:
                 RejectReason.NO_PAYLOAD, f"device {dev_eui.hex()}: FCnt {f_cnt}", dev_eui, f_cnt
             )
         try:
-            values = decode_payload(session.profile_id, f_port, up.payload)
+            values = session.decode(f_port, up.payload)
         except PayloadError as err:
             return self._reject(
                 RejectReason.UNDECODABLE,

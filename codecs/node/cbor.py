@@ -322,10 +322,14 @@ class _Reader:
         )
 
 
-def load_prefix(data: bytes, offset: int = 0) -> tuple[object, int]:
-    """Decode the one data item that starts at ``offset``; return it and the offset after it."""
+def load_prefix(data: bytes, offset: int = 0, depth: int = 0) -> tuple[object, int]:
+    """Decode the one data item that starts at ``offset``; return it and the offset after it.
+
+    ``depth`` is how deeply the item is nested in an enclosing one (0 for a top-level item):
+    the nesting limit counts from there, as it would if the whole were decoded.
+    """
     reader = _Reader(bytes(data))
-    value, end = reader.item(offset, 0)
+    value, end = reader.item(offset, depth)
     if value is _BREAK:
         raise CborError("unexpected break at offset " + str(offset), offset)
     return value, end

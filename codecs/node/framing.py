@@ -135,6 +135,19 @@ def cobs_decode(data: bytes | bytearray | memoryview) -> bytes:
     # Fast path: one block that covers everything.
     if data[0] == size:
         return data[1:]
+    # Without a 0xFF block, every code byte after the first stands for one zero of the
+    # decoded data, in its place: put the zeros in and drop the first code.
+    zeros = bytearray(data)
+    at = 0
+    while at < size:
+        code = data[at]
+        if code == 0xFF:
+            break
+        zeros[at] = 0
+        at += code
+    if at == size:
+        return bytes(zeros)[1:]
+    # Blocks of 254 bytes, or a code that runs past the end: block by block.
     out = []
     at = 0
     while at < size:
@@ -200,7 +213,8 @@ def _unframe(body: bytes) -> bytes:
             + _hex(body)
         )
     payload = decoded[:-CRC_SIZE]
-    expected = crc16(payload)
+    # crc16() without its call: this runs for every frame.
+    expected = int(_CRC_HQX(payload, 0xFFFF)) if _CRC_HQX is not None else crc16_table(payload)
     got = (decoded[-2] << 8) | decoded[-1]
     if got != expected:
         raise CrcError(

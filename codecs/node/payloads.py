@@ -340,6 +340,9 @@ def _message_type(data: bytes, what: str) -> int:
     return data[0] & 0x0F
 
 
+_MEASUREMENT_HEADER = LAYOUT_VERSION << 4 | MEASUREMENT
+
+
 def _wrong_type(data: bytes, what: str, carries: str) -> PayloadError:
     kind = data[0] & 0x0F
     return _fail(
@@ -436,10 +439,18 @@ def _decode_fields(
     fields: tuple[tuple[str, int, bool, int, int, int, str], ...],
     values: dict[str, object],
 ) -> dict[str, object]:
-    # The length is checked: read the fields from offset at into values.
+    # The length is checked: read the fields from offset at into values. (What _get and
+    # _absent compute, written out: this runs for every uplink a gateway hears.)
     for name, size, signed, divisor, low, high, unit in fields:
-        raw = _get(data, at, size, signed)
-        if raw != _absent(size, signed):
+        raw = int.from_bytes(data[at : at + size], "big")
+        if signed:
+            half = 1 << (8 * size - 1)
+            if raw >= half:
+                raw -= half << 1
+            absent = -half
+        else:
+            absent = (1 << (8 * size)) - 1
+        if raw != absent:
             if not low <= raw <= high:
                 raise _outside(what, name, raw, (divisor, low, high, unit), data, at)
             values[name] = raw if divisor == 1 else raw / divisor
@@ -482,12 +493,32 @@ def encode_measurement(profile_id: str, values: dict[str, object]) -> bytes:
 
 def decode_measurement(profile_id: str, payload: bytes | bytearray) -> dict[str, object]:
     """The values of a measurement uplink of ``profile_id``; PayloadError if it is malformed."""
-    _, port, flags, fields, _ = _profile(profile_id)
+    return _decode_measurement(profile_id, _profile(profile_id), payload)
+
+
+def _decode_measurement(
+    profile_id: str,
+    spec: tuple[
+        str,
+        int,
+        tuple[str, ...],
+        tuple[tuple[str, int, bool, int, int, int, str], ...],
+        tuple[str, ...],
+    ],
+    payload: bytes | bytearray,
+) -> dict[str, object]:
+    _, port, flags, fields, _ = spec
     what = profile_id + " measurement"
     data = _bytes(payload, what)
-    if _message_type(data, what) != MEASUREMENT:
-        raise _wrong_type(data, what, "FPort %d carries measurements (type 1)" % port)
-    _check_length(data, what, _size(flags, fields), _layout_text(flags, fields))
+    # A version 1 measurement header passes both checks of the header; anything else gets
+    # them in order, for the error.
+    if not data or data[0] != _MEASUREMENT_HEADER:
+        if _message_type(data, what) != MEASUREMENT:
+            raise _wrong_type(data, what, "FPort %d carries measurements (type 1)" % port)
+    size = _size(flags, fields)
+    if len(data) != size:
+        # The layout text is only needed for the error.
+        _check_length(data, what, size, _layout_text(flags, fields))
     values: dict[str, object] = {}
     if flags:
         _decode_flags(what, data, flags, values)
@@ -637,7 +668,9 @@ def decode_device_message(payload: bytes | bytearray) -> dict[str, object]:
     values: dict[str, object] = {"message": MESSAGE_NAMES.get(kind)}
     if kind == STATUS:
         what = "status message"
-        _check_length(data, what, _size((), STATUS_FIELDS), _layout_text((), STATUS_FIELDS))
+        size = _size((), STATUS_FIELDS)
+        if len(data) != size:
+            _check_length(data, what, size, _layout_text((), STATUS_FIELDS))
         return _decode_fields(what, data, 1, STATUS_FIELDS, values)
     if kind == BOOT:
         what = "boot message"
@@ -679,9 +712,10 @@ def encode_uplink(profile_id: str, values: dict[str, object]) -> tuple[int, byte
 
 def decode_uplink(profile_id: str, f_port: int, payload: bytes | bytearray) -> dict[str, object]:
     """The values of an uplink of ``profile_id`` received on ``f_port``."""
-    _, port, _, _, _ = _profile(profile_id)
+    spec = _profile(profile_id)
+    port = spec[1]
     if f_port == port and f_port is not True:
-        return decode_measurement(profile_id, payload)
+        return _decode_measurement(profile_id, spec, payload)
     if f_port == PORT_DEVICE and f_port is not True:
         return decode_device_message(payload)
     raise PayloadError(

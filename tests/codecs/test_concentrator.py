@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from owlgate.codecs import concentrator
 from owlgate.codecs.concentrator import (
     BANDWIDTHS_HZ,
     MESSAGES,
@@ -795,6 +797,185 @@ def test_a_flipped_bit_never_passes_as_the_same_message(message: Message, bit: i
     # Every field is covered by its CBOR head or value: one changed bit is a different
     # message (or none), never the same one read from different bytes.
     assert decoded != message
+
+
+# --- the RX_FRAME fast path ------------------------------------------------------------------
+# decode_message reads the usual form of an RX_FRAME straight from the bytes and leaves every
+# other input to the general path (cbor.loads and the field table). The two must agree on every
+# input: the same frame, field by field and type by type, or the same error.
+
+
+def _outcome(decode: Callable[[bytes], object], data: bytes) -> str:
+    try:
+        return "accepted " + repr(decode(data))
+    except CodecError as err:
+        return f"{type(err).__name__} at {err.offset}: {err}"
+
+
+def _fast(data: bytes) -> RxFrame | None:
+    if not data.startswith(b"\x83\x04\x00"):
+        return None
+    try:
+        return concentrator._rx_frame(data)
+    except (IndexError, struct.error):  # decode_message takes these as "not recognised"
+        return None
+
+
+def _agree(data: bytes) -> RxFrame | None:
+    """Check that decode_message ends as the general path does on data, and that a frame the
+    fast path builds is the general path's; return the fast path's frame."""
+    assert _outcome(decode_message, data) == _outcome(concentrator._decode_general, data)
+    fast = _fast(data)
+    if fast is not None:
+        general = concentrator._decode_general(data)
+        assert repr(fast) == repr(general)
+        assert fast == general
+        assert hash(fast) == hash(general)
+        assert [type(getattr(fast, f.name)) for f in dataclasses.fields(RxFrame)] == [
+            type(getattr(general, f.name)) for f in dataclasses.fields(RxFrame)
+        ]
+    return fast
+
+
+@given(rx_frames)
+@settings(max_examples=400)
+def test_fast_path_takes_every_rx_frame_the_encoder_writes(frame: RxFrame) -> None:
+    data = encode_message(frame)
+    fast = _agree(data)
+    assert fast == frame
+    assert encode_message(fast) == data
+    assert describe_message(fast) == describe_message(frame)
+
+
+@given(
+    frame=rx_frames,
+    edits=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 255)), min_size=1, max_size=3),
+    cut=st.integers(0, 300),
+)
+@settings(max_examples=800)
+def test_fast_and_general_paths_agree_on_damaged_rx_frames(
+    frame: RxFrame, edits: list[tuple[int, int]], cut: int
+) -> None:
+    damaged = bytearray(encode_message(frame))
+    for index, value in edits:
+        damaged[index % len(damaged)] = value
+    _agree(bytes(damaged))
+    _agree(bytes(damaged[: cut % (len(damaged) + 1)]))
+
+
+# Values a field may hold on the wire besides its own: the neighbours of each range, other
+# types, and null.
+rx_values = (
+    st.integers(-(2**64), 2**64 - 1)
+    | st.sampled_from([-257, -256, -201, -200, -25, -24, -1, 0, 4, 5, 8, 9, 12, 13, 30, 31])
+    | st.sampled_from([63, 64, 255, 256, 136_999_999, 137_000_000, 1_020_000_000, 2**32])
+    | st.sampled_from([125_000, 250_000, 500_000, 125_001, 2**32 - 1])
+    | st.binary(max_size=260)
+    | st.none()
+    | st.booleans()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=3)
+)
+
+
+@given(
+    frame=rx_frames,
+    changes=st.dictionaries(st.integers(0, 13), rx_values, max_size=3),
+    drop=st.lists(st.integers(1, 11), max_size=2),
+    token=st.sampled_from([0, 0, 0, 1]),
+    shuffle=st.randoms(use_true_random=False),
+)
+@settings(max_examples=800)
+def test_fast_and_general_paths_agree_on_altered_rx_bodies(
+    frame: RxFrame,
+    changes: dict[int, object],
+    drop: list[int],
+    token: int,
+    shuffle: Any,
+) -> None:
+    body = body_of(frame)
+    body.update(changes.items())
+    for key in drop:
+        body.pop(key, None)
+    _agree(wire(4, token, body))
+    # Keys in another order are valid CBOR too (deterministic encoding is not required).
+    items = list(body.items())
+    shuffle.shuffle(items)
+    _agree(wire(4, token, dict(items)))
+
+
+def _item(head: int, argument: int, size: int) -> bytes:
+    # A CBOR head with the argument in ``size`` bytes, shortest or not.
+    if size == 0:
+        return bytes([head | argument])
+    info = {1: 24, 2: 25, 4: 26, 8: 27}[size]
+    return bytes([head | info]) + argument.to_bytes(size, "big")
+
+
+def _longer_forms() -> list[tuple[int, int]]:
+    # (key, argument size) for every integer field of the example and every argument size that
+    # holds its value: 0 (in the initial byte) to 8 bytes.
+    body = body_of(EXAMPLES["rx-frame"])
+    arguments = {
+        key: value if value >= 0 else -1 - value
+        for key, value in body.items()
+        if isinstance(key, int) and isinstance(value, int)
+    }
+    return [
+        (key, size)
+        for key, argument in arguments.items()
+        for size in (0, 1, 2, 4, 8)
+        if argument < (24 if size == 0 else 1 << (8 * size))
+    ]
+
+
+@pytest.mark.parametrize(("key", "size"), _longer_forms())
+def test_fast_path_reads_integers_in_every_length(key: int, size: int) -> None:
+    # cbor.loads takes integers with longer heads than needed, and so does the fast path
+    # (or it gives way to the general path), with the same result.
+    frame = EXAMPLES["rx-frame"]
+    value = body_of(frame)[key]
+    assert isinstance(value, int)
+    argument = value if value >= 0 else -1 - value
+    encoded = encode_message(frame)
+    plain = bytes([key]) + cbor.dumps(value)
+    longer = bytes([key]) + _item(0x00 if value >= 0 else 0x20, argument, size)
+    assert plain in encoded
+    data = encoded.replace(plain, longer, 1)
+    _agree(data)
+    assert decode_message(data) == frame
+
+
+def test_fast_path_leaves_later_keys_and_indefinite_lengths_to_the_general_path() -> None:
+    frame = EXAMPLES["rx-frame"]
+    body = body_of(frame)
+    future = wire(4, 0, body | {12: "later"})
+    assert _fast(future) is None
+    assert decode_message(future) == frame
+    # An indefinite-length map and payload: valid CBOR, read by the general path.
+    data = encode_message(frame)
+    indefinite = b"\x83\x04\x00\xbf" + data[4:] + b"\xff"
+    assert _fast(indefinite) is None
+    assert decode_message(indefinite) == frame
+    payload = cbor.dumps(UPLINK)
+    chunked = data.replace(payload, b"\x5f" + payload + b"\xff")
+    assert _fast(chunked) is None
+    assert decode_message(chunked) == frame
+
+
+def test_fast_path_frames_are_complete_messages() -> None:
+    frame = EXAMPLES["rx-frame"]
+    fast = _fast(encode_message(frame))
+    assert fast is not None
+    assert type(fast) is RxFrame
+    assert fast == frame
+    assert hash(fast) == hash(frame)
+    assert repr(fast) == repr(frame)
+    assert dataclasses.asdict(fast) == dataclasses.asdict(frame)
+    assert dataclasses.replace(fast, sf=8) == dataclasses.replace(frame, sf=8)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.sf = 8  # type: ignore[misc]
+    assert to_frame(fast) == to_frame(frame)
 
 
 # --- describe_frame --------------------------------------------------------------------------

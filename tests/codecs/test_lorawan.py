@@ -647,6 +647,47 @@ def test_widen_fcnt_refuses_impossible_arguments(
         widen_fcnt(last, received, max_gap)
 
 
+@pytest.mark.parametrize(
+    ("last", "max_gap", "message"),
+    [
+        (-1, MAX_FCNT_GAP, "last accepted FCnt must be an integer from 0 to 4294967295, got -1"),
+        (2**32, MAX_FCNT_GAP, "last accepted FCnt must be an integer from 0"),
+        (True, MAX_FCNT_GAP, "last accepted FCnt must be an integer from 0 to 4294967295, got T"),
+        (5.0, MAX_FCNT_GAP, "last accepted FCnt must be an integer from 0 to 4294967295, got 5.0"),
+        (5, 1, "max_gap must be from 2 to 65536, got 1"),
+        (5, 0x10001, "max_gap must be from 2 to 65536, got 65537"),
+        (5, True, "max_gap must be from 2 to 65536, got True"),
+        (5, 16384.0, "max_gap must be from 2 to 65536, got 16384.0"),
+    ],
+)
+def test_decode_uplink_refuses_impossible_counter_arguments(
+    last: object, max_gap: object, message: str
+) -> None:
+    # decode_uplink checks the caller's counter and gap in full only when they are not plain
+    # integers in range: the errors are widen_fcnt's.
+    keys = SessionKeys(bytes(range(16)), bytes(range(16, 32)))
+    phy = DataFrame.build(
+        keys, mtype=MType.UNCONFIRMED_DATA_UP, dev_addr=1, f_cnt=6, f_port=1, payload=b"x"
+    ).to_bytes()
+    with pytest.raises(LorawanError) as caught:
+        decode_uplink(phy, keys, last, max_gap=max_gap)  # type: ignore[arg-type]
+    assert type(caught.value) is LorawanError
+    assert caught.value.message == message or caught.value.message.startswith(message)
+
+
+def test_decode_uplink_takes_int_subclasses_as_before() -> None:
+    class Counter(int):
+        pass
+
+    keys = SessionKeys(bytes(range(16)), bytes(range(16, 32)))
+    phy = DataFrame.build(
+        keys, mtype=MType.UNCONFIRMED_DATA_UP, dev_addr=1, f_cnt=6, f_port=1, payload=b"x"
+    ).to_bytes()
+    assert decode_uplink(phy, keys, Counter(5), max_gap=Counter(100)) == decode_uplink(
+        phy, keys, 5, max_gap=100
+    )
+
+
 # --- Hostile bytes ----------------------------------------------------------------------------
 
 

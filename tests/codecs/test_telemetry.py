@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import cbor2
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from owlgate.codecs.errors import CborError, CodecError, SchemaError
-from owlgate.codecs.node import cbor
+from owlgate.codecs.node import cbor, telemetry
 from owlgate.codecs.node.telemetry import (
     BOOL,
     FIELDS,
@@ -148,6 +149,16 @@ def test_dict_order_does_not_change_bytes(batch: Batch, rng: random.Random) -> N
         rng.shuffle(items)
         reading.values = dict(items)
     assert encode_batch(batch) == data
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    cbor_ints
+    | st.sampled_from([255, 256, 0xFFFF, 0x10000, 2**32 - 1, 2**32, -257, -0x10001, -(2**32) - 1])
+)
+def test_integer_items_are_what_cbor_dumps_writes(number: int) -> None:
+    # The encoder writes integer heads itself (telemetry._int_item); they must be cbor.dumps's.
+    assert telemetry._int_item(number) == cbor.dumps(number)
 
 
 def test_scaled_rows_pick_the_coarsest_exact_scale() -> None:
@@ -555,6 +566,276 @@ def test_nothing_is_lost_through_the_extension() -> None:
     }
     data = encode_batch(Batch(GATEWAY, 1, BASE_TIME, [Reading(DEV, BASE_TIME, odd)]))
     assert decode_batch(data).readings[0].values == odd
+
+
+# --- the direct decoding path -----------------------------------------------------------------
+# decode_batch reads the canonical encodings gateways send straight from the bytes, and leaves
+# anything else to the general path (cbor.loads, then cbor.dumps and encode_batch compared).
+# The two must agree on every input: the same batch, down to value types and order, or the
+# same error with the same offset.
+
+
+def _outcome(decode: Callable[[bytes], Batch], data: bytes) -> str:
+    try:
+        return "accepted " + repr(decode(data))
+    except CodecError as err:
+        return f"{type(err).__name__} at {err.offset}: {err.message}"
+
+
+def _direct(data: bytes) -> Batch | None:
+    try:
+        return telemetry._decode_direct(data)
+    except IndexError:  # decode_batch treats running off the end as "not recognised"
+        return None
+
+
+def _agree(data: bytes) -> Batch | None:
+    """Check that decode_batch ends as the general path does on data, and that what the direct
+    path accepts the general path accepts as the same batch; return the direct path's batch."""
+    assert _outcome(decode_batch, data) == _outcome(telemetry._decode_general, data)
+    direct = _direct(data)
+    if direct is not None:
+        assert repr(direct) == repr(telemetry._decode_general(data))
+    return direct
+
+
+@settings(max_examples=300, deadline=None)
+@given(batches())
+def test_direct_path_takes_every_batch_the_encoder_writes(batch: Batch) -> None:
+    data = encode_batch(batch)
+    direct = _agree(data)
+    assert direct is not None
+    assert direct == batch
+
+
+def test_direct_path_takes_gateway_batches() -> None:
+    for batch in [parking_batch(100, seed=1), parking_batch(100, seed=2, fcnt=True, places=2)]:
+        for reading in batch.readings[::3]:
+            reading.sf, reading.freq_hz, reading.gw_time_us = 9, 868_300_000, 3_512_348_611
+        data = encode_batch(batch)
+        assert _agree(data) == batch
+
+
+@st.composite
+def mutations(draw: st.DrawFn) -> bytes:
+    """An encoded batch with a few bytes flipped, replaced, inserted or removed, or cut short."""
+    data = bytearray(encode_batch(draw(batches(max_readings=4))))
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(data)))
+        kind = draw(st.sampled_from(["flip", "set", "insert", "delete", "cut"]))
+        if kind == "insert":
+            data[at:at] = bytes([draw(st.integers(0, 255))])
+        elif at == len(data):
+            continue
+        elif kind == "flip":
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set":
+            data[at] = draw(st.sampled_from([0x00, 0x17, 0x18, 0x19, 0x38, 0x40, 0x48, 0xF4, 0xF6]))
+        elif kind == "delete":
+            del data[at]
+        else:
+            del data[at:]
+    return bytes(data)
+
+
+@settings(max_examples=700, deadline=None)
+@given(mutations())
+def test_direct_and_general_paths_agree_on_mutated_batches(data: bytes) -> None:
+    _agree(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(batch_like() | cbor_like)
+def test_direct_and_general_paths_agree_on_batch_like_cbor(item: object) -> None:
+    _agree(cbor.dumps(item))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=80))
+def test_direct_and_general_paths_agree_on_arbitrary_bytes(data: bytes) -> None:
+    _agree(data)
+
+
+def _reading_bytes(*items: bytes) -> bytes:
+    # A batch of one reading whose items are given as raw CBOR, so heads can be non-shortest.
+    head = cbor.dumps([1, GATEWAY, 5, BASE_TIME])
+    return b"\x85" + head[1:] + bytes([0x80 | len(items)]) + b"".join(items)
+
+
+PARKING_MASK = cbor.dumps(0b1110)
+EUI_ITEM = cbor.dumps(DEV)
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        # Valid CBOR in a longer form than needed (RFC 8949 section 4.2.1) at each position.
+        (
+            _reading_bytes(
+                b"\x18\x0e",
+                EUI_ITEM,
+                b"\x00",
+                b"\xf6",
+                b"\xf6",
+                b"\xf5",
+                b"\x19\x0e\x10",
+                b"\x18\xd7",
+            ),
+            "4.2.1",
+        ),
+        (
+            _reading_bytes(
+                PARKING_MASK,
+                EUI_ITEM,
+                b"\x18\x03",
+                b"\xf6",
+                b"\xf6",
+                b"\xf5",
+                b"\x19\x0e\x10",
+                b"\x18\xd7",
+            ),
+            "4.2.1",
+        ),
+        (
+            _reading_bytes(
+                PARKING_MASK,
+                EUI_ITEM,
+                b"\x00",
+                b"\x38\x05",
+                b"\xf6",
+                b"\xf5",
+                b"\x19\x0e\x10",
+                b"\x18\xd7",
+            ),
+            "4.2.1",
+        ),
+        (
+            _reading_bytes(
+                PARKING_MASK,
+                EUI_ITEM,
+                b"\x00",
+                b"\xf6",
+                b"\x39\x00\x1d",
+                b"\xf5",
+                b"\x19\x0e\x10",
+                b"\x18\xd7",
+            ),
+            "4.2.1",
+        ),
+        (
+            _reading_bytes(
+                PARKING_MASK,
+                EUI_ITEM,
+                b"\x00",
+                b"\xf6",
+                b"\xf6",
+                b"\xf5",
+                b"\x1a\x00\x00\x0e\x10",
+                b"\x18\xd7",
+            ),
+            "4.2.1",
+        ),
+        (
+            _reading_bytes(
+                PARKING_MASK,
+                EUI_ITEM,
+                b"\x00",
+                b"\xf6",
+                b"\xf6",
+                b"\xf5",
+                b"\x19\x0e\x10",
+                b"\x19\x00\xd7",
+            ),
+            "4.2.1",
+        ),
+        (
+            _reading_bytes(
+                PARKING_MASK,
+                b"\x58\x08" + DEV,
+                b"\x00",
+                b"\xf6",
+                b"\xf6",
+                b"\xf5",
+                b"\x19\x0e\x10",
+                b"\x18\xd7",
+            ),
+            "4.2.1",
+        ),
+        # Shortest form, but a value in a finer row than the encoder picks.
+        (
+            _reading_bytes(
+                cbor.dumps(1 << 4), EUI_ITEM, b"\x00", b"\xf6", b"\xf6", cbor.dumps(2150)
+            ),
+            "canonical",
+        ),
+        (
+            _reading_bytes(
+                cbor.dumps(1 << 6), EUI_ITEM, b"\x00", b"\xf6", b"\xf6", cbor.dumps(420)
+            ),
+            "accepted",
+        ),
+        (
+            _reading_bytes(
+                cbor.dumps(1 << 15),
+                EUI_ITEM,
+                b"\x00",
+                b"\xf6",
+                b"\xf6",
+                cbor.dumps({"fill_pct": 42}),
+            ),
+            "canonical",
+        ),
+        (
+            _reading_bytes(
+                cbor.dumps(1 << 15),
+                EUI_ITEM,
+                b"\x00",
+                b"\xf6",
+                b"\xf6",
+                cbor.dumps({"fill_pct": 42.25}),
+            ),
+            "accepted",
+        ),
+        # An extension map in a non-deterministic form: keys out of order, indefinite length.
+        (
+            _reading_bytes(
+                cbor.dumps(1 << 15), EUI_ITEM, b"\x00", b"\xf6", b"\xf6", b"\xa2\x61b\x01\x61a\x02"
+            ),
+            "4.2.1",
+        ),
+        (
+            _reading_bytes(
+                cbor.dumps(1 << 15), EUI_ITEM, b"\x00", b"\xf6", b"\xf6", b"\xbf\x61a\x02\xff"
+            ),
+            "4.2.1",
+        ),
+        # A mask of zero written out for the first reading: the encoder leaves it out.
+        (_reading_bytes(b"\x00", EUI_ITEM, b"\x00", b"\xf6", b"\xf6"), "repeats"),
+    ],
+)
+def test_direct_path_leaves_non_canonical_input_to_the_general_path(
+    data: bytes, words: str
+) -> None:
+    assert _direct(data) is None or words == "accepted"
+    outcome = _agree(data)
+    text = _outcome(decode_batch, data)
+    assert words in text, text
+    if words == "accepted":
+        assert outcome is not None
+
+
+@pytest.mark.parametrize("depth", range(26, 34))
+def test_direct_path_keeps_the_nesting_limit(depth: int) -> None:
+    nested: object = 1
+    for _ in range(depth):
+        nested = [nested]
+    data = _reading_bytes(
+        cbor.dumps(1 << 15), EUI_ITEM, b"\x00", b"\xf6", b"\xf6", cbor.dumps({"x": nested})
+    )
+    _agree(data)
+    # The map sits at depth 2 and the innermost integer at depth 3 + depth.
+    accepted = _outcome(decode_batch, data).startswith("accepted")
+    assert accepted == (3 + depth <= cbor.MAX_DEPTH)
 
 
 # --- description for the CLI ------------------------------------------------------------------

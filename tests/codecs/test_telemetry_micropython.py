@@ -166,6 +166,7 @@ def test_micropython_encodes_decodes_and_refuses_like_cpython(micropython: Micro
 import struct
 from owlgate.codecs.node import cbor
 from owlgate.codecs.node.telemetry import Batch, Reading, encode_batch, decode_batch
+from owlgate.codecs.node.telemetry import _decode_direct
 from owlgate.codecs.errors import CodecError
 
 def _f(text):
@@ -183,6 +184,8 @@ for item in {json.dumps(encoded)}:
     decoded = decode_batch(bytes.fromhex(item))
     print(summary(decoded))
     print(encode_batch(decoded).hex())
+# The direct path reads every batch the encoder writes there too (not the general one).
+print(all(_decode_direct(bytes.fromhex(item)) is not None for item in {json.dumps(encoded)}))
 for bad in {json.dumps(BAD_INPUTS)}:
     try:
         decode_batch(bytes.fromhex(bad))
@@ -202,7 +205,8 @@ for batch in [{", ".join(source(batch) for batch in BAD_BATCHES)}]:
     round_trips = lines[count : 3 * count]
     assert round_trips[0::2] == summaries
     assert round_trips[1::2] == encoded
-    assert lines[3 * count :] == expected_errors
+    assert lines[3 * count] == "True"
+    assert lines[3 * count + 1 :] == expected_errors
     # The seeds cover what matters: readings, the extension, radio metadata, delayed.
     assert sum(len(batch.readings) for batch in batches) > 150
     assert any(batch.delayed for batch in batches)

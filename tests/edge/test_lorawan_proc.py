@@ -29,7 +29,7 @@ from owlgate.edge.lorawan_proc import (
     join_accept_tx,
     rx1_tx,
 )
-from owlgate.edge.state import StateDb
+from owlgate.edge.state import StateDb, StoredSession
 from owlgate.hil.devices import EmulatedDevice, Radio
 
 NWK = bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c")
@@ -228,6 +228,24 @@ def test_undecodable_payload_is_counted() -> None:
         device.dev_eui,
         0,
     )
+
+
+def test_stored_session_of_an_unknown_profile_loads_and_refuses_its_uplinks(
+    tmp_path: Path,
+) -> None:
+    # The payload decoder is looked up once per session; a session stored by a build with a
+    # profile this one lacks still loads, and its uplinks are refused as undecodable.
+    device = _abp(1)
+    with StateDb.in_dir(tmp_path) as state:
+        state.save_session(
+            StoredSession(device.dev_eui, ADDR, "toaster-v9", NWK, APP, None, "abp"), 0.0
+        )
+        proc = LorawanProcessor(state)
+        assert proc.load_sessions() == 1
+        result = _send(proc, device, device.uplink(0.0)[0])
+    assert isinstance(result, Rejected)
+    assert result.reason is RejectReason.UNDECODABLE
+    assert "unknown device profile 'toaster-v9'" in result.detail
 
 
 def test_two_devices_sharing_a_dev_addr() -> None:
