@@ -16,7 +16,13 @@ message the broker alone vouches for.
 
 ``owlgate/v1/gw/{id}/keys`` — :class:`SessionUpdate`, fleet to gateway::
 
-    { 5: [* sealed session (bstr)], ? 6: [* removed DevEUI (bstr .size 8)] }
+    { 5: [* sealed session (bstr)], ? 6: [* removed DevEUI (bstr .size 8)], ? 7: true }
+
+Key 7, ``complete``, marks the last of the updates that answer a gateway's ``online``: with
+it the gateway has every session the fleet holds for it (an answer is split over several
+updates when there are many devices; MQTT keeps their order on the topic, MQTT 3.1.1 section
+4.6). It is left out, never sent as ``false``, on the others and on the single-session updates
+that follow a join forwarded by another gateway. The CDDL is ``docs/formats/control.cddl``.
 
 The token lets the gateway match an answer to the join request it forwarded, whose receive
 timestamp it keeps to send the accept in the RX1 window. A sealed session is
@@ -49,6 +55,7 @@ _SEALED = 3
 _REFUSAL = 4
 _SESSIONS = 5
 _REMOVED = 6
+_COMPLETE = 7
 _U64_END = 1 << 64
 
 
@@ -79,10 +86,12 @@ class JoinAnswer:
 @dataclass(frozen=True, slots=True)
 class SessionUpdate:
     """Device sessions (ABP, or OTAA after a join another gateway forwarded) a gateway should
-    know, each sealed to it, and DevEUIs whose sessions it should forget."""
+    know, each sealed to it, and DevEUIs whose sessions it should forget; ``complete`` on the
+    last update answering the gateway's ``online``."""
 
     sealed_sessions: list[bytes] = field(default_factory=list)
     removed: list[bytes] = field(default_factory=list)
+    complete: bool = False
 
 
 def _map(data: bytes, what: str, allowed: set[int]) -> dict[int, object]:
@@ -168,17 +177,25 @@ def encode_session_update(message: SessionUpdate) -> bytes:
     }
     if message.removed:
         content[_REMOVED] = [_bytes(eui, "a removed DevEUI", (8,)) for eui in message.removed]
+    if message.complete is True:
+        content[_COMPLETE] = True
+    elif message.complete is not False:
+        raise SchemaError(f"session update: complete must be a bool, got {message.complete!r}")
     return cbor.dumps(content)
 
 
 def decode_session_update(data: bytes) -> SessionUpdate:
     """A :class:`SessionUpdate` from its CBOR; CborError or SchemaError when malformed."""
-    item = _map(data, "session update", {_SESSIONS, _REMOVED})
+    item = _map(data, "session update", {_SESSIONS, _REMOVED, _COMPLETE})
     sessions = item.get(_SESSIONS)
     removed = item.get(_REMOVED, [])
     if not isinstance(sessions, list) or not isinstance(removed, list):
         raise SchemaError("session update: sessions and removed DevEUIs are arrays")
+    # Deterministic: "not complete" has one encoding, the key left out.
+    if _COMPLETE in item and item[_COMPLETE] is not True:
+        raise SchemaError(f"session update: key 7 (complete) is only ever true, got {item[7]!r}")
     return SessionUpdate(
         [_bytes(entry, "a sealed session") for entry in sessions],
         [_bytes(entry, "a removed DevEUI", (8,)) for entry in removed],
+        complete=_COMPLETE in item,
     )

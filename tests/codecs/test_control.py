@@ -38,7 +38,9 @@ accepted = st.builds(
     sealed,
 )
 refused = st.builds(lambda token, why: JoinAnswer(token, refusal=why), tokens, st.text())
-updates = st.builds(SessionUpdate, st.lists(sealed, max_size=6), st.lists(euis, max_size=4))
+updates = st.builds(
+    SessionUpdate, st.lists(sealed, max_size=6), st.lists(euis, max_size=4), st.booleans()
+)
 
 
 def _encode(message: JoinForward | JoinAnswer | SessionUpdate) -> bytes:
@@ -97,6 +99,8 @@ def test_session_update_round_trip(message: SessionUpdate) -> None:
     expected: dict[int, object] = {5: message.sealed_sessions}
     if message.removed:
         expected[6] = message.removed
+    if message.complete:
+        expected[7] = True
     assert cbor2.loads(data) == expected
 
 
@@ -106,6 +110,7 @@ def test_encoding_is_deterministic() -> None:
         "a3011912340257" + bytes(range(23)).hex() + "031a6b49d200"
     )
     assert encode_session_update(SessionUpdate()) == bytes.fromhex("a10580")
+    assert encode_session_update(SessionUpdate(complete=True)) == bytes.fromhex("a2058007f5")
 
 
 @pytest.mark.parametrize(
@@ -162,6 +167,9 @@ P17 = bytes(17)
         (decode_session_update, {5: [], 6: [bytes(9)]}),
         (decode_session_update, {5: [], 6: b""}),
         (decode_session_update, {5: [], 7: []}),
+        (decode_session_update, {5: [], 7: False}),
+        (decode_session_update, {5: [], 7: 1}),
+        (decode_session_update, {5: [], 8: True}),
         (decode_session_update, 5),
     ],
 )
