@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -73,6 +73,23 @@ class DeviceCreate(BaseModel):
     app_s_key: str | None = Field(default=None, pattern=_HEX_KEY16)
 
 
+@runtime_checkable
+class StatsSource(Protocol):
+    """A background service whose counters ``GET /api/v1/stats`` shows under ``name``."""
+
+    name: str
+
+    def stats(self) -> dict[str, object]:
+        """The counters now, JSON-ready."""
+        ...
+
+
+def register_stats(app: FastAPI, source: StatsSource) -> None:
+    """Show ``source``'s counters in ``GET /api/v1/stats`` (the server does this for every
+    service it starts that is a :class:`StatsSource`)."""
+    app.state.stats_sources[source.name] = source
+
+
 def _iso(seconds: float | None) -> str | None:
     if seconds is None:
         return None
@@ -103,6 +120,8 @@ def create_app(
         lifespan=lifespan,
     )
     limits = thresholds or HealthThresholds()
+    started = clock()
+    app.state.stats_sources = {}
 
     @app.exception_handler(NotFoundError)
     async def not_found(request: Request, exc: NotFoundError) -> JSONResponse:
@@ -222,6 +241,14 @@ def create_app(
         page = store.readings(eui, since=since_s, limit=limit, after=after)
         return {"items": [reading_json(r) for r in page.items], "next": page.next}
 
+    @app.get(f"{API_PREFIX}/stats", summary="What this fleet process's services counted")
+    def stats() -> dict[str, Any]:
+        sources: dict[str, StatsSource] = app.state.stats_sources
+        return {
+            "started_at": _iso(started),
+            **{name: source.stats() for name, source in sorted(sources.items())},
+        }
+
     @app.get(f"{API_PREFIX}/profiles", summary="Device profiles (from the codec registry)")
     def list_profiles() -> dict[str, Any]:
         return {"items": [profile_json(p) for p in store.profiles()], "next": None}
@@ -264,4 +291,11 @@ def _id(text: str, what: str) -> str:
     return lowered
 
 
-__all__ = ["ADMIN_PREFIX", "API_PREFIX", "FleetError", "create_app"]
+__all__ = [
+    "ADMIN_PREFIX",
+    "API_PREFIX",
+    "FleetError",
+    "StatsSource",
+    "create_app",
+    "register_stats",
+]

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from amqtt.broker import Broker  # type: ignore[import-untyped]
 from amqtt.errors import BrokerError as AmqttBrokerError  # type: ignore[import-untyped]
+from amqtt.plugins.base import BaseAuthPlugin  # type: ignore[import-untyped]
+from amqtt.session import Session  # type: ignore[import-untyped]
 
 from owlgate.codecs.errors import OwlgateError
 
@@ -74,12 +76,30 @@ def free_port(host: str = LOOPBACK) -> int:
         return port
 
 
+class LoopbackAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
+    """Lets every client in, as amqtt's AnonymousAuthPlugin does, without marking its session
+    anonymous.
+
+    amqtt 0.12.1 keeps no messages for an anonymous session while it is disconnected
+    (``Broker._run_broadcast``) and drops the session itself (``_session_monitor``), and its
+    AnonymousAuthPlugin marks every session anonymous, username or not. That would defeat
+    the fleet's persistent sessions (MQTT 3.1.1 section 3.1.2.4: a session with
+    CleanSession=0 keeps its QoS 1 messages while the client is away). The embedded broker
+    listens on the loopback interface only, so letting everyone in is its policy anyway.
+    """
+
+    async def authenticate(self, *, session: Session) -> bool:
+        return True
+
+
 class EmbeddedBroker:
     """amqtt running in this process on 127.0.0.1, as an async context manager.
 
     ``async with EmbeddedBroker() as broker:`` starts it on a free port (or ``port``) and
     publishes its address as ``broker.url``; leaving the block shuts it down and closes every
-    client connection. Anonymous clients are allowed: it listens on loopback only.
+    client connection. Every client is let in (it listens on loopback only), and a client that
+    connects without a clean session keeps its session and its queued QoS 1 messages while it
+    is away, in the broker's memory (:class:`LoopbackAuthPlugin`).
     A stopped broker can be started again on the same port (``start`` after ``stop``).
     """
 
@@ -104,9 +124,7 @@ class EmbeddedBroker:
             return
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
-            },
+            "plugins": {f"{__name__}.{LoopbackAuthPlugin.__name__}": {}},
         }
         broker = Broker(config)
         try:

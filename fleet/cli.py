@@ -29,11 +29,12 @@ from fastapi import FastAPI
 from owlgate.codecs.errors import OwlgateError
 from owlgate.codecs.payloads import PROFILES
 
-from .api import create_app
+from .api import StatsSource, create_app, register_stats
 from .broker import BrokerError, EmbeddedBroker, parse_broker_url
 from .control import control_service
-from .ingest import ingest_service
+from .ingest import DEFAULT_VERIFY_WORKERS, ingest_service
 from .joinserver import dev_addr_prefix
+from .mqtt import InstanceNameError, check_instance, default_instance
 from .store import FleetError, Store
 
 EXIT_BAD_INPUT = 2
@@ -77,13 +78,17 @@ def build_server(
     store: Store, *, host: str, port: int, services: Sequence[Service] = ()
 ) -> uvicorn.Server:
     """The uvicorn server for :func:`owlgate.fleet.api.create_app` over ``store``, entering
-    each of ``services`` at startup and leaving them, in reverse order, at shutdown."""
+    each of ``services`` at startup and leaving them, in reverse order, at shutdown. A service
+    that counts what it does (:class:`~owlgate.fleet.api.StatsSource`) shows its counters in
+    ``GET /api/v1/stats``."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             for service in services:
-                await stack.enter_async_context(service(store))
+                running = await stack.enter_async_context(service(store))
+                if isinstance(running, StatsSource):
+                    register_stats(app, running)
             yield
 
     app = create_app(store, lifespan=lifespan)
@@ -109,13 +114,19 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
 
 
 def broker_services(
-    broker: str | None, signing_key: Ed25519PrivateKey
+    broker: str | None,
+    signing_key: Ed25519PrivateKey,
+    *,
+    instance: str | None = None,
+    verify_workers: int = DEFAULT_VERIFY_WORKERS,
 ) -> tuple[list[Service], str]:
     """The services that give the fleet its MQTT side, and the broker URL gateways use.
 
     Without ``broker``: an embedded broker on a free loopback port, then the ingest and the
     control service (joins, device sessions; what it sends is signed with ``signing_key``)
-    on it. With ``mqtt://host:port``: the same two on that broker (Mosquitto or any other)."""
+    on it. With ``mqtt://host:port``: the same two on that broker (Mosquitto or any other).
+    Both connect under persistent sessions named after ``instance`` (default: the host
+    name; see :func:`owlgate.fleet.mqtt.client_id`)."""
     embedded = None
     if broker is None:
         embedded = EmbeddedBroker()
@@ -133,8 +144,8 @@ def broker_services(
             return running
 
         services.append(start_broker)
-    services.append(ingest_service(host, port))
-    services.append(control_service(host, port, signing_key))
+    services.append(ingest_service(host, port, instance=instance, verify_workers=verify_workers))
+    services.append(control_service(host, port, signing_key, instance=instance))
     return services, f"mqtt://{host}:{port}"
 
 
@@ -162,17 +173,42 @@ def serve(
             f"{FLEET_SIGNING_KEY_FILE}]",
         ),
     ] = None,
+    verify_workers: Annotated[
+        int,
+        typer.Option(
+            "--verify-workers",
+            metavar="N",
+            help="processes that verify and decode telemetry while the ingest stores "
+            "(0: in the fleet process, taking turns with storing)",
+        ),
+    ] = DEFAULT_VERIFY_WORKERS,
+    instance: Annotated[
+        str | None,
+        typer.Option(
+            "--instance",
+            metavar="NAME",
+            help="this fleet process's name on the broker: its MQTT sessions are kept under "
+            "it; every fleet process sharing a broker needs its own [the host name]",
+        ),
+    ] = None,
 ) -> None:
     """Run the fleet manager: the HTTP API (OpenAPI at /openapi.json), the MQTT ingest, and
     joins and device sessions over MQTT."""
     if not 0 <= http_port <= 65535:
         _fail(f"--http-port must be 0 .. 65535, got {http_port}")
+    if not 0 <= verify_workers <= 64:
+        _fail(f"--verify-workers must be 0 .. 64, got {verify_workers}")
+    try:
+        instance = check_instance(default_instance() if instance is None else instance)
+    except InstanceNameError as err:
+        _fail(f"--instance: {err.message}")
     if str(db) != ":memory:" and not db.parent.is_dir():
         _fail(f"--db {db}: folder {db.parent} does not exist")
     key = load_signing_key(signing_key or db.parent / DEFAULT_KEYS_DIR / FLEET_SIGNING_KEY_FILE)
-    services, url = broker_services(broker, key)
+    services, url = broker_services(broker, key, instance=instance, verify_workers=verify_workers)
     store = _open_store(db)
     typer.echo(f"MQTT broker: {url}" + (" (embedded)" if broker is None else ""))
+    typer.echo(f"fleet instance: {instance}")
     try:
         build_server(store, host=host, port=http_port, services=services).run()
     finally:

@@ -16,9 +16,10 @@ with the messages of :mod:`owlgate.codecs.control`:
   request it keeps for the RX1 window. A join that is unsigned, forged or from an unregistered
   gateway is not answered: it is rejected, logged and counted.
 - **state** ``online`` (retained; the gateway publishes it on every connect): the gateway gets
-  a :class:`~owlgate.codecs.control.SessionUpdate` with every device session the fleet has
-  (ABP sessions, and OTAA sessions of devices that joined), sealed to it. Sessions are sealed
-  afresh each time (HPKE is randomised), which is why these messages are never retained.
+  :class:`~owlgate.codecs.control.SessionUpdate` messages with every device session the fleet
+  has (ABP sessions, and OTAA sessions of devices that joined), sealed to it, the last one
+  marked ``complete``. Sessions are sealed afresh each time (HPKE is randomised), which is
+  why these messages are never retained.
 
 Everything the fleet publishes is signed with the fleet's Ed25519 signing key, whose public
 key every gateway pins at provisioning, and sent with QoS 1.
@@ -29,6 +30,12 @@ fleet itself. The ``state`` subscription is never shared: retained messages are 
 to a shared subscription (MQTT 5.0 section 4.8.2), and a fleet that starts or reconnects must
 see which gateways are online to give them their sessions; a second fleet process sending the
 same sessions again does no harm.
+
+The service connects under the persistent session of its fleet instance
+(:class:`~owlgate.fleet.mqtt.MqttService`): joins and states published while it is down are
+queued by the broker and handled when it is back. Unlike the ingest it leaves the PUBACK to
+paho, on receipt: a join answered late is of no use to the device (its RX1 window is long
+past), and a gateway re-publishes its retained state on every connect.
 
 The store is synchronous SQLite, and sealing and signing cost CPU time: each message's work
 runs in a worker thread so the event loop (which also serves the HTTP API) never waits.
@@ -71,7 +78,7 @@ from .joinserver import (
     device_session,
     seal_for_gateway,
 )
-from .mqtt import MqttService
+from .mqtt import DEFAULT_SESSION_EXPIRY_S, MqttService
 from .store import MAX_PAGE_LIMIT, FleetError, NotFoundError, Store
 
 log = logging.getLogger(__name__)
@@ -305,15 +312,19 @@ class Control:
         if payload == b"offline":
             return []
         sealed = list(self._sealed_sessions(gateway))
-        # At least one update, empty when the fleet has no sessions: the gateway then knows
-        # the fleet has answered its connect.
+        # At least one update, empty when the fleet has no sessions; the last is marked
+        # complete: the gateway then knows it has every session the fleet holds for it.
         chunks = [
             sealed[start : start + MAX_SESSIONS_PER_UPDATE]
             for start in range(0, len(sealed), MAX_SESSIONS_PER_UPDATE)
         ] or [[]]
         out = [
-            self._signed(gateway, "keys", encode_session_update(SessionUpdate(chunk)))
-            for chunk in chunks
+            self._signed(
+                gateway,
+                "keys",
+                encode_session_update(SessionUpdate(chunk, complete=number == len(chunks) - 1)),
+            )
+            for number, chunk in enumerate(chunks)
         ]
         self.counters.sent(len(out), len(sealed))
         log.info("sent %d device sessions to %s", len(sealed), gateway)
@@ -349,10 +360,20 @@ class ControlService(MqttService):
         port: int,
         *,
         mqtt5: bool = True,
+        instance: str | None = None,
         identifier: str | None = None,
+        session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
         rng: random.Random | None = None,
     ) -> None:
-        super().__init__(host, port, mqtt5=mqtt5, identifier=identifier, rng=rng)
+        super().__init__(
+            host,
+            port,
+            mqtt5=mqtt5,
+            instance=instance,
+            identifier=identifier,
+            session_expiry_s=session_expiry_s,
+            rng=rng,
+        )
         self.control = control
 
     def topics(self, mqtt5: bool) -> list[tuple[str, int]]:
@@ -360,6 +381,10 @@ class ControlService(MqttService):
 
     def count_reconnect(self) -> None:
         self.control.counters.reconnect()
+
+    def stats(self) -> dict[str, object]:
+        """The control service's counters now (``GET /api/v1/stats``)."""
+        return self.control.counters.as_dict()
 
     async def serve(self, client: aiomqtt.Client) -> None:
         # Sessions for a gateway coming online take time to seal (tens of microseconds
@@ -435,13 +460,19 @@ def control_service(
     *,
     mqtt5: bool = True,
     settings: JoinSettings | None = None,
+    instance: str | None = None,
 ) -> Callable[[Store], AbstractAsyncContextManager[ControlService]]:
     """A fleet service (see :func:`owlgate.fleet.cli.build_server`) running joins and device
-    sessions over MQTT, signing what it sends with ``signing_key``."""
+    sessions over MQTT, signing what it sends with ``signing_key``, under the persistent
+    session of fleet instance ``instance`` (default: the host name)."""
 
     def service(store: Store) -> ControlService:
         return ControlService(
-            Control(store, signing_key, settings=settings), host, port, mqtt5=mqtt5
+            Control(store, signing_key, settings=settings),
+            host,
+            port,
+            mqtt5=mqtt5,
+            instance=instance,
         )
 
     return service

@@ -48,6 +48,7 @@ from .health import GatewayFacts
 #: far apart in time are different frames.
 DEFAULT_DEDUP_WINDOW_S: Final = 300.0
 DEFAULT_PAGE_LIMIT: Final = 100
+WAL_AUTOCHECKPOINT_PAGES: Final = 10_000
 MAX_PAGE_LIMIT: Final = 1000
 
 Activation = Literal["abp", "otaa"]
@@ -292,6 +293,15 @@ def _ingest(db: Database) -> None:
     )
 
 
+@migration("0003_readings_without_fcnt_index")
+def _drop_fcnt_index(db: Database) -> None:
+    # The same-frame lookup (DevEUI, FCnt, time within the dedup window) is served as well by
+    # the (dev_eui, time_s, id) index, and every reading stored paid for a second per-device
+    # index: each index on dev_eui puts a transaction's inserts on as many pages as there
+    # are devices in it, and those pages are what a commit writes.
+    db.execute("DROP INDEX IF EXISTS idx_readings_dev_eui_fcnt")
+
+
 # --- the store ---------------------------------------------------------------------------------
 
 
@@ -316,6 +326,10 @@ class Store:
         self._db.execute("PRAGMA foreign_keys = ON")
         if self.path != ":memory:":
             self._db.enable_wal()
+            # Checkpoint every WAL_AUTOCHECKPOINT_PAGES rather than SQLite's 1000: a page
+            # that several ingest transactions change is then copied into the database once
+            # per checkpoint, not once per transaction (the WAL grows to about 40 MB).
+            self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         self._migrate()
         # The profiles are the codec registry's: refreshed at every open, so a new built-in
         # profile appears without a migration.
@@ -658,7 +672,8 @@ class Store:
         readings: Sequence[Reading],
         received_at: float,
     ) -> StoreResult:
-        """Store a verified batch in one transaction.
+        """Store one verified batch in one transaction (:meth:`record_batches` with one
+        batch); the batch's FleetError is raised if it cannot be stored.
 
         A batch already seen (same gateway and ``seq``) stores nothing. A reading whose DevEUI
         and FCnt match a stored reading less than ``dedup_window_s`` apart is the same frame
@@ -666,73 +681,155 @@ class Store:
         that are registered get ``last_seen``, ``last_fcnt`` and ``battery_mv`` updated; the
         gateway's ``last_seen`` moves to ``received_at``.
         """
-        gid = eui_hex(gateway_id, "gateway id")
-        stored = merged = 0
-        with self.transaction() as db:
-            if db.table("batches").count_where("gateway_id = ? AND seq = ?", [gid, seq]):
-                return StoreResult(0, 0, batch_duplicate=True)
-            self._heard(db, gid, received_at)
-            db.table("batches").insert({"gateway_id": gid, "seq": seq, "received_at": received_at})
-            for reading in readings:
-                eui = eui_hex(reading.dev_eui, "DevEUI")
-                existing = None
-                if reading.fcnt is not None:
-                    existing = db.execute(
-                        "SELECT id FROM readings WHERE dev_eui = ? AND fcnt = ? "
-                        "AND time_s BETWEEN ? AND ? ORDER BY id LIMIT 1",
-                        [
-                            eui,
-                            reading.fcnt,
-                            reading.time_s - self.dedup_window_s,
-                            reading.time_s + self.dedup_window_s,
-                        ],
-                    ).fetchone()
-                if existing is not None:
-                    reading_id = int(existing[0])
-                    merged += 1
-                else:
-                    reading_id = _int(
-                        db.table("readings")
-                        .insert(
-                            {
-                                "dev_eui": eui,
-                                "time_s": float(reading.time_s),
-                                "fcnt": reading.fcnt,
-                                "values_json": json.dumps(
-                                    reading.values, sort_keys=True, default=_json_value
-                                ),
-                                "gateway_id": gid,
-                                "received_at": received_at,
-                            }
-                        )
-                        .last_pk
-                    )
-                    stored += 1
-                    self._device_seen(db, eui, reading)
-                # A gateway that hears the same frame twice keeps its first reception.
-                db.execute(
-                    "INSERT OR IGNORE INTO receptions (reading_id, gateway_id, rssi_dbm, snr_db) "
-                    "VALUES (?, ?, ?, ?)",
-                    [reading_id, gid, reading.rssi_dbm, reading.snr_db],
-                )
-        return StoreResult(stored, merged, batch_duplicate=False)
+        (result,) = self.record_batches([IncomingBatch(gateway_id, seq, readings, received_at)])
+        if isinstance(result, FleetError):
+            raise result
+        return result
 
-    @staticmethod
-    def _device_seen(db: Database, eui: str, reading: Reading) -> None:
-        battery = reading.values.get("battery_mv")
-        db.execute(
-            "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?), "
-            "last_fcnt = CASE WHEN ? IS NULL THEN last_fcnt "
-            "ELSE MAX(COALESCE(last_fcnt, 0), ?) END, "
-            "battery_mv = COALESCE(?, battery_mv) WHERE dev_eui = ?",
-            [
-                float(reading.time_s),
-                reading.fcnt,
-                reading.fcnt,
-                battery if isinstance(battery, int) and not isinstance(battery, bool) else None,
-                eui,
-            ],
+    def record_batches(self, batches: Sequence[IncomingBatch]) -> list[StoreResult | FleetError]:
+        """Store verified batches in one transaction, with :meth:`record_batch`'s rules, and
+        say per batch what happened, in order.
+
+        Each batch is written inside a savepoint of its own: one that cannot be stored (a
+        value the store refuses, an unregistered gateway, a constraint the database enforces)
+        is rolled back alone and its place in the result holds the FleetError, while the
+        batches around it are stored. A fault of the database itself (``sqlite3``'s
+        OperationalError: disk full, locked beyond the busy timeout, ...) rolls the whole
+        transaction back and is raised: nothing of it is stored.
+
+        The device updates of the whole transaction are folded into one per device and
+        written after the batches (at most one UPDATE per device however many readings it
+        sent), so a batch rolled back leaves no trace there either.
+        """
+        results: list[StoreResult | FleetError] = []
+        devices: dict[str, list[Any]] = {}
+        with self.transaction() as db:
+            for batch in batches:
+                seen: dict[str, list[Any]] = {}
+                try:
+                    with db.atomic():
+                        result = self._store_batch(db, batch, seen)
+                except FleetError as err:
+                    results.append(err)
+                    continue
+                except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError) as err:
+                    # What the batch's own data provoked: rolled back to its savepoint, and
+                    # storing it again would fail again.
+                    results.append(InvalidError(f"batch {batch.seq} could not be stored: {err}"))
+                    continue
+                results.append(result)
+                for eui, (last_seen, last_fcnt, battery) in seen.items():
+                    known = devices.get(eui)
+                    if known is None:
+                        devices[eui] = [last_seen, last_fcnt, battery]
+                        continue
+                    known[0] = max(known[0], last_seen)
+                    if last_fcnt is not None and (known[1] is None or last_fcnt > known[1]):
+                        known[1] = last_fcnt
+                    if battery is not None:
+                        known[2] = battery
+            if devices:
+                db.conn.executemany(
+                    "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?), "
+                    "last_fcnt = CASE WHEN ? IS NULL THEN last_fcnt "
+                    "ELSE MAX(COALESCE(last_fcnt, 0), ?) END, "
+                    "battery_mv = COALESCE(?, battery_mv) WHERE dev_eui = ?",
+                    [
+                        (last_seen, last_fcnt, last_fcnt, battery, eui)
+                        for eui, (last_seen, last_fcnt, battery) in devices.items()
+                    ],
+                )
+        return results
+
+    def _store_batch(
+        self, db: Database, batch: IncomingBatch, devices: dict[str, list[Any]]
+    ) -> StoreResult:
+        gid = eui_hex(batch.gateway_id, "gateway id")
+        received_at = batch.received_at
+        # The primary key (gateway_id, seq) answers "seen before?" and records the batch in
+        # one statement; a repeat inserts nothing.
+        inserted = db.execute(
+            "INSERT OR IGNORE INTO batches (gateway_id, seq, received_at) VALUES (?, ?, ?)",
+            [gid, batch.seq, received_at],
         )
+        if inserted.rowcount == 0:
+            return StoreResult(0, 0, batch_duplicate=True)
+        self._heard(db, gid, received_at)
+        rows = batch.rows if batch.rows is not None else reading_rows(batch.readings)
+        stored_match = self._stored_frames(db, rows)
+        # Row ids are given here rather than by SQLite so the readings can go in with one
+        # executemany and their receptions still name them. The transaction holds SQLite's
+        # write lock from the batches INSERT on, so nobody else can take these ids.
+        last_id = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()[0])
+        window = self.dedup_window_s
+        # Frames new in this batch, for a repeat inside the same batch.
+        fresh: dict[tuple[str, int], list[tuple[float, int]]] = {}
+        new_rows: list[tuple[object, ...]] = []
+        receptions: list[tuple[object, ...]] = []
+        merged = 0
+        for index, (eui, time_s, fcnt, values_json, rssi, snr, battery) in enumerate(rows):
+            reading_id = stored_match.get(index)
+            if reading_id is None and fcnt is not None and fresh:
+                for seen_time, candidate in fresh.get((eui, fcnt), ()):
+                    if abs(seen_time - time_s) <= window:
+                        reading_id = candidate
+                        break
+            if reading_id is not None:
+                merged += 1
+            else:
+                last_id += 1
+                reading_id = last_id
+                new_rows.append((reading_id, eui, time_s, fcnt, values_json, gid, received_at))
+                if fcnt is not None:
+                    fresh.setdefault((eui, fcnt), []).append((time_s, reading_id))
+                # [last_seen, last_fcnt, battery_mv]: latest time, highest FCnt, the battery
+                # of the last reading that carried one.
+                known = devices.get(eui)
+                if known is None:
+                    devices[eui] = [time_s, fcnt, battery]
+                else:
+                    if time_s > known[0]:
+                        known[0] = time_s
+                    if fcnt is not None and (known[1] is None or fcnt > known[1]):
+                        known[1] = fcnt
+                    if battery is not None:
+                        known[2] = battery
+            receptions.append((reading_id, gid, rssi, snr))
+        db.conn.executemany(
+            "INSERT INTO readings (id, dev_eui, time_s, fcnt, values_json, gateway_id, "
+            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            new_rows,
+        )
+        # A gateway that hears the same frame twice keeps its first reception.
+        db.conn.executemany(
+            "INSERT OR IGNORE INTO receptions (reading_id, gateway_id, rssi_dbm, snr_db) "
+            "VALUES (?, ?, ?, ?)",
+            receptions,
+        )
+        return StoreResult(len(new_rows), merged, batch_duplicate=False)
+
+    def _stored_frames(self, db: Database, rows: Sequence[ReadingRow]) -> dict[int, int]:
+        """For each row (by index) with an FCnt, the id of the first stored reading of the
+        same frame (same DevEUI and FCnt, times at most ``dedup_window_s`` apart): one query
+        per chunk of rows, each probe using the ``(dev_eui, fcnt)`` index."""
+        wanted = [
+            (index, eui, fcnt, time_s)
+            for index, (eui, time_s, fcnt, *_) in enumerate(rows)
+            if fcnt is not None
+        ]
+        found: dict[int, int] = {}
+        window = self.dedup_window_s
+        for start in range(0, len(wanted), _DEDUP_CHUNK):
+            chunk = wanted[start : start + _DEDUP_CHUNK]
+            values = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+            cursor = db.execute(
+                f"SELECT w.column1, MIN(r.id) FROM (VALUES {values}) AS w "
+                "JOIN readings AS r ON r.dev_eui = w.column2 AND r.fcnt = w.column3 "
+                "AND r.time_s BETWEEN w.column4 - ? AND w.column4 + ? GROUP BY w.column1",
+                [value for item in chunk for value in item] + [window, window],
+            )
+            found.update((int(index), int(reading_id)) for index, reading_id in cursor)
+        return found
 
     def readings(
         self,
@@ -795,6 +892,55 @@ class Store:
         return Page(items, f"{last.time_s!r}:{last.id}" if more and last else None)
 
 
+#: Rows per dedup query: four parameters each, well under SQLite's historical limit of 999
+#: bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER before 3.32).
+_DEDUP_CHUNK: Final = 200
+
+
+#: One reading as the ``readings`` table takes it: DevEUI (hex), time, FCnt, values (JSON),
+#: RSSI, SNR, and the battery voltage (mV) if the values carry one.
+ReadingRow = tuple[str, float, int | None, str, int | None, float | None, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingBatch:
+    """A verified batch for :meth:`Store.record_batches`: which gateway sent it, its sequence
+    number, its readings, and when the fleet received it. ``rows``, if given, are the
+    readings already turned into table rows (:func:`reading_rows`), as the ingest does in
+    its verifying stage; otherwise the store does it."""
+
+    gateway_id: str | bytes
+    seq: int
+    readings: Sequence[Reading]
+    received_at: float
+    rows: Sequence[ReadingRow] | None = None
+
+
+def reading_rows(readings: Sequence[Reading]) -> list[ReadingRow]:
+    """The rows the ``readings`` table stores for ``readings``: pure work, no database, so it
+    can run before the transaction. InvalidError for a DevEUI that is not 8 bytes or a value
+    JSON cannot carry."""
+    rows: list[ReadingRow] = []
+    encode = _VALUES_JSON.encode
+    for reading in readings:
+        dev_eui = reading.dev_eui
+        eui = dev_eui.hex() if len(dev_eui) == 8 else eui_hex(dev_eui, "DevEUI")
+        values = reading.values
+        battery = values.get("battery_mv")
+        rows.append(
+            (
+                eui,
+                float(reading.time_s),
+                reading.fcnt,
+                encode(values),
+                reading.rssi_dbm,
+                reading.snr_db,
+                battery if isinstance(battery, int) and not isinstance(battery, bool) else None,
+            )
+        )
+    return rows
+
+
 def _json_value(value: object) -> object:
     """Telemetry extension values may be CBOR byte strings (or tags): stored as hex text."""
     if isinstance(value, bytes | bytearray):
@@ -804,10 +950,8 @@ def _json_value(value: object) -> object:
     raise InvalidError(f"a reading value of type {type(value).__name__} cannot be stored")
 
 
-def _int(value: object) -> int:
-    if not isinstance(value, int):
-        raise TypeError(f"expected an integer rowid, got {value!r}")
-    return value
+#: One encoder for every reading: ``json.dumps`` with options builds a new one per call.
+_VALUES_JSON = json.JSONEncoder(sort_keys=True, default=_json_value)
 
 
 def _now_text(db: Database) -> str:

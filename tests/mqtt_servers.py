@@ -132,12 +132,27 @@ def mosquitto_binary() -> str:
     return require_binary("mosquitto", "install Mosquitto (Debian package mosquitto)")
 
 
-class MosquittoServer:
-    """A Mosquitto process with a configuration of its own, listening on 127.0.0.1 only."""
+#: Mosquitto keeps at most this many QoS 1 messages per client beyond those in flight, then
+#: drops the rest silently (its default is 1000): tests that publish while a subscriber with a
+#: persistent session is away, or faster than it stores, must not lose any that way.
+MOSQUITTO_MAX_QUEUED_MESSAGES = 100_000
 
-    def __init__(self, binary: str, folder: Path, port: int | None = None) -> None:
+
+class MosquittoServer:
+    """A Mosquitto process with a configuration of its own, listening on 127.0.0.1 only, and
+    queueing up to ``max_queued_messages`` QoS 1 messages per client."""
+
+    def __init__(
+        self,
+        binary: str,
+        folder: Path,
+        port: int | None = None,
+        *,
+        max_queued_messages: int = MOSQUITTO_MAX_QUEUED_MESSAGES,
+    ) -> None:
         self.host = "127.0.0.1"
         self.port = free_port() if port is None else port
+        self.max_queued_messages = max_queued_messages
         self._binary = binary
         self._folder = folder
         self._process: subprocess.Popen[bytes] | None = None
@@ -154,6 +169,7 @@ class MosquittoServer:
         config = self._folder / "mosquitto.conf"
         config.write_text(
             f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
+            f"max_queued_messages {self.max_queued_messages}\n"
         )
         log_path = self._folder / f"mosquitto-{self._starts}.log"
         with log_path.open("wb") as log_file:

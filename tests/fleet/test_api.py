@@ -13,7 +13,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from owlgate.codecs.node.telemetry import Reading
 from owlgate.codecs.payloads import PROFILES
-from owlgate.fleet.api import create_app
+from owlgate.codecs.signed import sign
+from owlgate.fleet.api import StatsSource, create_app, register_stats
+from owlgate.fleet.ingest import Ingest, IngestService, Rejected
 from owlgate.fleet.store import Store
 from tests.conftest import REPO
 from tests.fleet.conftest import (
@@ -245,6 +247,7 @@ def test_openapi_lists_every_route(client: ApiClient) -> None:
         "/api/v1/nodes/{dev_eui}",
         "/api/v1/nodes/{dev_eui}/readings",
         "/api/v1/profiles",
+        "/api/v1/stats",
         "/api/v1/admin/gateways",
         "/api/v1/admin/devices",
     }
@@ -255,3 +258,21 @@ def test_every_route_is_documented(client: ApiClient) -> None:
     for path, methods in client.get("/openapi.json").json()["paths"].items():
         for method in methods:
             assert f"`{method.upper()} {path}" in doc, f"docs/fleet.md lacks {method} {path}"
+
+
+def test_stats_route_shows_each_services_counters(registry: Store, clock: Clock) -> None:
+    app = create_app(registry, clock=clock)
+    client = ApiClient(app)
+    assert client.get("/api/v1/stats").json() == {"started_at": "2027-01-15T08:00:10Z"}
+    ingest = IngestService(Ingest(registry, clock=clock), "127.0.0.1", 1883)
+    assert isinstance(ingest, StatsSource)
+    register_stats(app, ingest)
+    forged = sign(b"not a batch", Ed25519PrivateKey.generate())
+    with pytest.raises(Rejected):
+        ingest.ingest.handle(f"owlgate/v1/gw/{GW1}/telemetry", forged)
+    with pytest.raises(Rejected):
+        ingest.ingest.handle(f"owlgate/v1/gw/{GW1}/state", b"maybe")
+    body = client.get("/api/v1/stats").json()
+    assert body["ingest"]["rejected"] == {"signature": 1, "state": 1}
+    assert body["ingest"]["readings_stored"] == 0
+    assert set(body) == {"started_at", "ingest"}

@@ -199,3 +199,10 @@ def test_serve_refuses_bad_input(tmp_path: Path) -> None:
     result = RUNNER.invoke(fleet_command, ["serve", "--http-port", "70000"])
     assert result.exit_code == 2
     assert "--http-port" in result.stderr
+    for bad in ("a/b", "", "-x"):
+        result = RUNNER.invoke(fleet_command, ["serve", "--instance", bad])
+        assert result.exit_code == 2
+        assert "--instance" in result.stderr
+    result = RUNNER.invoke(fleet_command, ["serve", "--verify-workers", "-1"])
+    assert result.exit_code == 2
+    assert "--verify-workers" in result.stderr

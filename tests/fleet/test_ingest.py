@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import aiomqtt
@@ -23,8 +25,15 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from owlgate.codecs.health import Health, encode_health
 from owlgate.codecs.node.telemetry import Batch, Reading, encode_batch
 from owlgate.codecs.signed import sign
-from owlgate.fleet.ingest import Ingest, IngestService, Rejected, parse_topic, subscriptions
-from owlgate.fleet.store import Store
+from owlgate.fleet.ingest import (
+    Ingest,
+    IngestService,
+    Rejected,
+    Verified,
+    parse_topic,
+    subscriptions,
+)
+from owlgate.fleet.store import FleetError, IncomingBatch, Store, StoreResult
 from tests.conftest import REPO
 from tests.fleet.conftest import ABP_EUI, GW1, GW2, T0, raw_public
 from tests.mqtt_servers import BrokerServer
@@ -184,6 +193,83 @@ def test_health_and_state_update_the_gateway(
         ingest.handle(topic(GW1, "state"), b"maybe")
 
 
+def test_one_transaction_keeps_each_message_apart(
+    fleet: Store, keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    """Several messages in one transaction: one that the store refuses is refused alone
+    (reason ``store``), the same frame from two gateways is merged, a state goes in beside
+    them, and everything is counted once, after the commit."""
+    ingest = Ingest(fleet, clock=lambda: T0 + 1)
+    first = ingest.prepare(topic(GW1, "telemetry"), signed_batch(keys[GW1], GW1, 1, [reading(1)]))
+    broken = Verified(
+        topic(GW1, "telemetry"),
+        GW1,
+        "telemetry",
+        T0,
+        seq=2,
+        rows=[(ABP_EUI, None, 2, "{}", -90, 1.0, None)],  # type: ignore[list-item]
+    )
+    heard_twice = ingest.prepare(
+        topic(GW2, "telemetry"), signed_batch(keys[GW2], GW2, 1, [reading(1, rssi=-120)])
+    )
+    online = ingest.prepare(topic(GW2, "state"), b"online")
+    outcomes = ingest.write([first, broken, heard_twice, online])
+    assert [None if o is None else o.reason for o in outcomes] == [None, "store", None, None]
+    (stored,) = fleet.readings(ABP_EUI).items
+    assert sorted(r.gateway_id for r in stored.receptions) == [GW1, GW2]
+    assert fleet.gateway(GW2).facts.state_online is True
+    counters = ingest.counters.as_dict()
+    assert {k: counters[k] for k in ("batches", "readings_stored", "duplicates_merged")} == {
+        "batches": 2,
+        "readings_stored": 1,
+        "duplicates_merged": 1,
+    }
+    assert (counters["states"], counters["transactions"]) == (1, 1)
+    assert counters["rejected"] == {"store": 1}
+
+
+class _FailingOnce(Store):
+    """A store whose next batch write fails as a full disk or a lock held too long would."""
+
+    fail = True
+
+    def record_batches(self, batches: Sequence[IncomingBatch]) -> list[StoreResult | FleetError]:
+        if self.fail:
+            self.fail = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().record_batches(batches)
+
+
+def test_a_database_fault_stores_and_counts_nothing(keys: dict[str, Ed25519PrivateKey]) -> None:
+    with _FailingOnce(":memory:") as store:
+        store.create_gateway(
+            GW1,
+            name="gw",
+            sign_public_key=raw_public(keys[GW1]),
+            seal_public_key=raw_public(X25519PrivateKey.generate()),
+            created=T0,
+        )
+        ingest = Ingest(store, clock=lambda: T0)
+        item = ingest.prepare(
+            topic(GW1, "telemetry"), signed_batch(keys[GW1], GW1, 1, [reading(1)])
+        )
+        state = ingest.prepare(topic(GW1, "state"), b"offline")
+        with pytest.raises(sqlite3.OperationalError):
+            ingest.write([item, state])
+        assert store.readings(ABP_EUI).items == []
+        assert store.gateway(GW1).facts.state_online is None
+        assert ingest.counters.as_dict()["transactions"] == 0
+        assert ingest.counters.batches == ingest.counters.states == 0
+        # Tried again, as the service does, it is all stored, and counted once.
+        assert ingest.write([item, state]) == [None, None]
+        assert ingest.counters.batches == ingest.counters.states == 1
+
+
+def test_a_refusal_survives_the_trip_from_a_worker_process() -> None:
+    refusal = pickle.loads(pickle.dumps(Rejected("signature", "forged")))
+    assert (refusal.reason, refusal.message) == ("signature", "forged")
+
+
 def test_topics() -> None:
     assert parse_topic("owlgate/v1/gw/B827EBFFFE000001/health") == (GW1, "health")
     assert subscriptions(True)[0] == "$share/owlgate-ingest/owlgate/v1/gw/+/telemetry"
@@ -197,6 +283,21 @@ def test_topics() -> None:
 # --- over a real broker -------------------------------------------------------------------------
 
 
+async def _publish(server: BrokerServer, messages: list[tuple[str, bytes]]) -> None:
+    async with aiomqtt.Client(server.host, server.port, identifier="gw-test") as client:
+        for where, payload in messages:
+            await client.publish(where, payload, qos=1)
+
+
+async def _stored(fleet: Store, expected: int, service: IngestService) -> None:
+    deadline = time.monotonic() + 15
+    while len(fleet.readings(ABP_EUI, limit=1000).items) < expected:
+        assert time.monotonic() < deadline, service.ingest.counters.as_dict()
+        await asyncio.sleep(0.02)
+    # Give a stray extra message the chance to arrive before counting.
+    await asyncio.sleep(0.1)
+
+
 async def _publish_and_wait(
     server: BrokerServer, fleet: Store, messages: list[tuple[str, bytes]], expected: int
 ) -> IngestService:
@@ -204,15 +305,8 @@ async def _publish_and_wait(
     task = asyncio.create_task(service.run())
     try:
         await asyncio.wait_for(service.subscribed.wait(), 10)
-        async with aiomqtt.Client(server.host, server.port, identifier="gw-test") as client:
-            for where, payload in messages:
-                await client.publish(where, payload, qos=1)
-        deadline = time.monotonic() + 10
-        while len(fleet.readings(ABP_EUI, limit=1000).items) < expected:
-            assert time.monotonic() < deadline, service.ingest.counters.as_dict()
-            await asyncio.sleep(0.02)
-        # Give a stray extra message the chance to arrive before counting.
-        await asyncio.sleep(0.1)
+        await _publish(server, messages)
+        await _stored(fleet, expected, service)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -234,6 +328,52 @@ def test_ingest_over_the_broker(
     assert counters.rejected == {"signature": 1}
     assert counters.batch_duplicates == 1
     assert counters.readings_stored == 20
+
+
+async def _away_and_back(
+    server: BrokerServer, fleet: Store, messages: list[tuple[str, bytes]]
+) -> tuple[IngestService, IngestService]:
+    """The ingest subscribes and leaves (a clean disconnect); ``messages`` are published
+    while it is away; an ingest of the same fleet instance comes back."""
+
+    def service() -> IngestService:
+        # verify_workers=0: the in-process path; the worker processes are exercised by the
+        # owlgate fleet serve tests.
+        return IngestService(
+            Ingest(fleet), server.host, server.port, instance="away", verify_workers=0
+        )
+
+    away = service()
+    task = asyncio.create_task(away.run())
+    await asyncio.wait_for(away.subscribed.wait(), 10)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await _publish(server, messages)
+    back = service()
+    task = asyncio.create_task(back.run())
+    try:
+        await _stored(fleet, len(messages), back)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return away, back
+
+
+def test_telemetry_sent_while_the_ingest_is_away_is_stored_when_it_is_back(
+    broker: BrokerServer, fleet: Store, keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    """The persistent session: the broker queues what arrives meanwhile. On Mosquitto the
+    ingest is subscribed through its shared subscription (MQTT 5), which Mosquitto 2.0
+    queues for a member that is away; on amqtt through a plain one (MQTT 3.1.1)."""
+    messages = [
+        (topic(GW1, "telemetry"), signed_batch(keys[GW1], GW1, seq, [reading(seq)]))
+        for seq in range(1, 11)
+    ]
+    away, back = asyncio.run(_away_and_back(broker, fleet, messages))
+    assert away.identifier == back.identifier == "owlgate-fleet-away-ingest"
+    assert [item.fcnt for item in fleet.readings(ABP_EUI, limit=1000).items] == list(range(1, 11))
+    assert back.ingest.counters.readings_stored == 10
+    assert back.ingest.counters.batch_duplicates == 0
 
 
 # --- owlgate fleet serve, as an operator runs it ------------------------------------------------

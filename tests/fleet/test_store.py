@@ -14,6 +14,7 @@ from owlgate.codecs.payloads import PROFILES
 from owlgate.fleet.store import (
     MIGRATIONS,
     ConflictError,
+    IncomingBatch,
     InvalidError,
     NotFoundError,
     Store,
@@ -270,3 +271,68 @@ def test_health_state_and_heard_facts(registry: Store) -> None:
     # Without a reception time, the message's own time counts.
     registry.record_health(GW2, health)
     assert registry.gateway(GW2).facts.last_seen == T0
+
+
+# --- several batches in one transaction ----------------------------------------------------------
+
+
+def test_batches_in_one_transaction_are_each_their_own(registry: Store) -> None:
+    """A batch that cannot be stored is rolled back alone; the ones around it go in, the
+    device is updated from those only, and a repeat inside the same transaction is a
+    duplicate."""
+    good = [reading(ABP_EUI, 1, T0, battery_mv=3100), reading(ABP_EUI, 2, T0 + 10)]
+    bad = [reading(ABP_EUI, 3, T0 + 20, battery_mv=2000), Reading(b"short", int(T0), {})]
+    later = [reading(ABP_EUI, 4, T0 + 30, battery_mv=3050)]
+    results = registry.record_batches(
+        [
+            IncomingBatch(GW1, 1, good, T0 + 40),
+            IncomingBatch(GW1, 2, bad, T0 + 41),
+            IncomingBatch(GW1, 3, later, T0 + 42),
+            IncomingBatch(GW1, 1, good, T0 + 43),
+            IncomingBatch("00000000000000ff", 1, later, T0 + 44),
+        ]
+    )
+    assert results[0] == StoreResult(2, 0, False)
+    assert isinstance(results[1], InvalidError)
+    assert results[2] == StoreResult(1, 0, False)
+    assert results[3] == StoreResult(0, 0, True)
+    assert isinstance(results[4], NotFoundError)
+    assert [r.fcnt for r in registry.readings(ABP_EUI).items] == [1, 2, 4]
+    device = registry.device(ABP_EUI)
+    # FCnt 3 and its 2000 mV belonged to the refused batch.
+    assert (device.last_seen, device.last_fcnt, device.battery_mv) == (T0 + 30, 4, 3050)
+    # The repeat (T0 + 43) does not count as hearing the gateway; the refused batch neither.
+    assert registry.gateway(GW1).facts.last_seen == T0 + 42
+    # The refused batch left no mark either: its sequence number can still be stored.
+    assert registry.record_batch(GW1, 2, bad[:1], T0 + 50) == StoreResult(1, 0, False)
+
+
+def test_a_constraint_error_refuses_only_its_batch(registry: Store) -> None:
+    """A row the database itself refuses (here a reading without a time, NOT NULL) is the
+    batch's fault: rolled back to its savepoint, the next batch is stored."""
+    broken = (ABP_EUI, None, 5, "{}", -90, 1.0, None)
+    results = registry.record_batches(
+        [
+            IncomingBatch(GW1, 1, (), T0, rows=[broken]),  # type: ignore[list-item]
+            IncomingBatch(GW1, 2, [reading(ABP_EUI, 6, T0)], T0),
+        ]
+    )
+    assert isinstance(results[0], InvalidError)
+    assert "NOT NULL" in results[0].message
+    assert results[1] == StoreResult(1, 0, False)
+    assert [r.fcnt for r in registry.readings(ABP_EUI).items] == [6]
+
+
+def test_the_same_frame_twice_in_one_transaction_is_one_reading(registry: Store) -> None:
+    """Two gateways' batches in the same transaction, and a frame repeated inside a batch:
+    the first copy is stored, the others add only their gateway's reception."""
+    frame = reading(ABP_EUI, 9, T0, rssi=-70, occupied=True)
+    echo = reading(ABP_EUI, 9, T0 + 1, rssi=-71, occupied=True)
+    other = reading(ABP_EUI, 9, T0 + 2, rssi=-110, occupied=True)
+    results = registry.record_batches(
+        [IncomingBatch(GW1, 1, [frame, echo], T0 + 5), IncomingBatch(GW2, 1, [other], T0 + 6)]
+    )
+    assert results == [StoreResult(1, 1, False), StoreResult(0, 1, False)]
+    (stored,) = registry.readings(ABP_EUI).items
+    # GW1 keeps its first reception of the frame.
+    assert [(r.gateway_id, r.rssi_dbm) for r in stored.receptions] == [(GW1, -70), (GW2, -110)]
