@@ -18,7 +18,18 @@ Two MQTT connections: the :class:`~owlgate.edge.uplink.Uplink` publishes (outbox
 joins) and owns the gateway's ``state`` topic and Last Will; a second, subscribe-only control
 connection receives ``join/accept`` and ``keys``. Keeping them apart leaves the uplink's
 supervisor as it is and means a flood of telemetry never delays a join accept, which has a
-5-second deadline (LoRaWAN 1.0.3 section 6.2.6).
+5-second deadline (LoRaWAN 1.0.3 section 6.2.6). The control connection keeps a persistent
+session (``clean_session`` false, a fixed client id), so the broker queues ``keys`` while it
+is down. The uplink's ``online`` waits until the control subscription is up (the fleet answers
+``online`` with the gateway's device sessions, and an answer sent before the subscription
+exists would be lost); when the subscription comes back after ``online`` went out, ``online``
+is announced again. Both connections log in with the gateway id as MQTT user name.
+
+Once the radio is configured and the fleet's answer to ``online`` is in (the session update
+marked ``complete``), the agent is *ready*: it logs ``gateway <id> ready: ...`` once
+(:attr:`EdgeAgent.ready`). Every :data:`STATUS_INTERVAL_S`, and at shutdown, it writes its
+counters to ``status.json`` in the state directory (atomically: a reader never sees half a
+file), for a technician at the gateway and for the demo's summary.
 
 The hot path (one frame): ``process`` -> ``Batcher.add`` -> maybe a seal (one transaction) and
 a wake-up of the uplink. A separate timer task seals batches on age; it sleeps until the held
@@ -29,14 +40,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 import aiomqtt
 
@@ -82,6 +96,11 @@ CONTROL_CONNECT_TIMEOUT_S: Final = 10.0
 #: On shutdown the uplink gets this long to publish what was just sealed; what it cannot
 #: publish stays in the outbox for the next start.
 SHUTDOWN_DRAIN_S: Final = 2.0
+#: ``status.json`` in the state directory is rewritten this often (and at shutdown).
+STATUS_FILE: Final = "status.json"
+STATUS_INTERVAL_S: Final = 10.0
+#: How often the readiness check looks at the radio once the sessions are in.
+_READY_POLL_S: Final = 0.05
 _TOKEN_MAX: Final = 0xFFFF
 
 
@@ -101,7 +120,9 @@ class AgentCounters:
     ``joins_forwarded`` / ``joins_accepted`` / ``joins_refused``: join requests sent to the
     fleet, accepts transmitted, refusals received; ``tx_sent`` / ``tx_failed``: downlinks the
     concentrator scheduled, or refused (TOO_LATE, ...) or did not answer;
-    ``sessions_installed`` / ``sessions_removed``: from the fleet's control messages;
+    ``session_updates``: verified session updates from the fleet (each ``online`` is answered
+    with at least one); ``sessions_installed`` / ``sessions_removed``: from them and from join
+    answers;
     ``control_rejected``: control messages dropped (bad signature, malformed, unknown token);
     ``health_published``: health messages the broker acknowledged.
     """
@@ -113,6 +134,7 @@ class AgentCounters:
     joins_refused: int = 0
     tx_sent: int = 0
     tx_failed: int = 0
+    session_updates: int = 0
     sessions_installed: int = 0
     sessions_removed: int = 0
     control_rejected: int = 0
@@ -187,6 +209,13 @@ class EdgeAgent:
         self._uplink: Uplink | None = None
         self._state: StateDb | None = None
         self._session_keys: dict[bytes, tuple[int, bytes, bytes]] = {}
+        # The control subscription: set while it is up; the generation counts subscriptions,
+        # and the uplink's online records the generation it waited for (-1: it did not wait).
+        self._control_ready = asyncio.Event()
+        self._control_generation = 0
+        self._announced_generation = -1
+        self._sessions_received = asyncio.Event()
+        self.ready = asyncio.Event()
 
     # --- what the demo reads ------------------------------------------------------------------
 
@@ -259,6 +288,7 @@ class EdgeAgent:
                 config.mqtt.host,
                 config.mqtt.port,
                 keepalive_s=config.mqtt.keepalive_s,
+                announce_gate=self._control_gate,
             )
             self._state, self._processor, self._batcher = state, processor, batcher
             self._radio, self._uplink = radio, uplink
@@ -284,6 +314,8 @@ class EdgeAgent:
             asyncio.create_task(self._send_joins(keys, uplink), name="join sender"),
             asyncio.create_task(self._control(keys, radio, processor, batcher), name="control"),
             asyncio.create_task(self._report_health(keys, radio, uplink, state), name="health"),
+            asyncio.create_task(self._announce_ready(radio), name="readiness"),
+            asyncio.create_task(self._write_status_every(radio, uplink, state), name="status"),
         ]
         stopper = asyncio.create_task(self._stop.wait(), name="stop")
         try:
@@ -293,7 +325,9 @@ class EdgeAgent:
                 task.cancel()
             await asyncio.wait([*tasks, stopper])
             self.control_connected = False
+            self._control_ready.clear()
             await self._shut_down(uplink, batcher)
+            self._write_status(radio, uplink, state)
         for task in tasks:
             if task in done and not task.cancelled():
                 # A task ended by itself: that is a bug or a dead resource; let run() fail.
@@ -426,8 +460,11 @@ class EdgeAgent:
                 mqtt.host,
                 mqtt.port,
                 identifier=f"owlgate-gw-{self.gateway_id.hex()}-control",
+                username=self.gateway_id.hex(),
                 protocol=aiomqtt.ProtocolVersion.V311,
-                clean_session=True,
+                # Persistent: the broker keeps the subscription and queues what the fleet
+                # sends while this connection is down (MQTT 3.1.1 section 3.1.2.4).
+                clean_session=False,
                 keepalive=mqtt.keepalive_s,
                 timeout=CONTROL_CONNECT_TIMEOUT_S,
             )
@@ -437,6 +474,7 @@ class EdgeAgent:
                     self.control_connected = True
                     attempt = 0
                     log.info("control subscription on %s:%d", mqtt.host, mqtt.port)
+                    await self._control_subscribed()
                     async for message in client.messages:
                         payload = message.payload
                         topic = message.topic.value
@@ -446,12 +484,35 @@ class EdgeAgent:
                             self._on_session_update(keys, processor, batcher, payload)
             except aiomqtt.MqttError as err:
                 self.control_connected = False
+                self._control_ready.clear()
                 delay_s = backoff_delay_s(
                     attempt, CONTROL_BACKOFF_BASE_S, CONTROL_BACKOFF_CAP_S, self._rng
                 )
                 attempt += 1
                 log.warning("control connection: %s; reconnecting in %.2f s", err, delay_s)
                 await asyncio.sleep(delay_s)
+
+    async def _control_gate(self) -> None:
+        # The uplink awaits this before each "online" (and may cancel it after a while): the
+        # generation is recorded only if the subscription was up when online went out.
+        self._announced_generation = -1
+        await self._control_ready.wait()
+        self._announced_generation = self._control_generation
+
+    async def _control_subscribed(self) -> None:
+        self._control_generation += 1
+        self._control_ready.set()
+        uplink = self._uplink
+        # The fleet answers "online" with the device sessions. If online went out before this
+        # subscription existed, that answer may be lost: ask again.
+        if (
+            uplink is not None
+            and uplink.announced
+            and self._announced_generation != self._control_generation
+        ):
+            self._announced_generation = self._control_generation
+            if await uplink.announce():
+                log.info("announced online again for the new control subscription")
 
     def _install(
         self,
@@ -548,6 +609,7 @@ class EdgeAgent:
             self.counters.control_rejected += 1
             log.warning("session update dropped: %s", err)
             return
+        self.counters.session_updates += 1
         for sealed in update.sealed_sessions:
             try:
                 session = open_session(keys.sealing, self.gateway_id, sealed)
@@ -561,6 +623,8 @@ class EdgeAgent:
             if processor.remove_session(dev_eui):
                 self._session_keys.pop(dev_eui, None)
                 self.counters.sessions_removed += 1
+        if update.complete:
+            self._sessions_received.set()
 
     def _start_counter(self, processor: LorawanProcessor, session: DeviceSession) -> int | None:
         # f_cnt_up is the next counter the fleet expects. The same session sent again (the
@@ -574,6 +638,75 @@ class EdgeAgent:
         if here is None:
             return from_fleet
         return here if from_fleet is None else max(here, from_fleet)
+
+    # --- readiness and status -------------------------------------------------------------
+
+    async def _announce_ready(self, radio: SerialConcentrator) -> None:
+        await self._sessions_received.wait()
+        # The radio has no "configured" event of its own; this runs once, at start.
+        while not radio.status.connected:  # noqa: ASYNC110
+            await asyncio.sleep(_READY_POLL_S)
+        processor = self._processor
+        sessions = 0 if processor is None else processor.session_count
+        log.info(
+            "gateway %s ready: radio on %s configured, MQTT connected, %d device sessions",
+            self.gateway_id.hex(),
+            radio.status.port,
+            sessions,
+        )
+        self.ready.set()
+        # Supervised tasks run until the agent stops (one that ends by itself stops it).
+        await self._stop.wait()
+
+    async def _write_status_every(
+        self, radio: SerialConcentrator, uplink: Uplink, state: StateDb
+    ) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            self._write_status(radio, uplink, state)
+
+    def status(self, radio: SerialConcentrator, uplink: Uplink, state: StateDb) -> dict[str, Any]:
+        """What ``status.json`` holds: the agent's, the radio's, the LoRaWAN processor's, the
+        uplink's and the outbox's counters now."""
+        now = self._clock()
+        outbox = state.stats(now)
+        processor = self._processor
+        return {
+            "gateway_id": self.gateway_id.hex(),
+            "written_at": now,
+            "agent_version": _agent_version(),
+            "config_hash": self.config.sha256.hex(),
+            "ready": self.ready.is_set(),
+            "agent": asdict(self.counters),
+            "radio": {"port": radio.status.port, "connected": radio.status.connected}
+            | asdict(radio.counters),
+            "lorawan": {}
+            if processor is None
+            else {"sessions": processor.session_count} | processor.counters.as_dict(),
+            "uplink": {
+                "connected": uplink.connected,
+                "published": uplink.published,
+                "reconnects": uplink.reconnects,
+                "last_rtt_ms": uplink.last_rtt_ms,
+                "direct_dropped": uplink.direct_dropped,
+            },
+            "control": {"connected": self.control_connected},
+            "outbox": {
+                "depth": outbox.depth,
+                "oldest_age_s": outbox.oldest_age_s,
+                "evicted": outbox.evicted,
+            },
+        }
+
+    def _write_status(self, radio: SerialConcentrator, uplink: Uplink, state: StateDb) -> None:
+        path = Path(self.config.gateway.state_dir) / STATUS_FILE
+        partial = path.with_name(path.name + ".partial")
+        try:
+            partial.write_text(json.dumps(self.status(radio, uplink, state), indent=1) + "\n")
+            os.replace(partial, path)
+        except OSError as err:
+            # Informational only: a full disk must not stop the agent over it.
+            log.warning("could not write %s: %s", path, err)
 
     # --- health -------------------------------------------------------------------------------
 

@@ -2,21 +2,21 @@
 
 ``owlgate edge run --config FILE`` loads and validates the configuration (and the key files
 it names) before anything starts: a bad file is one line, ``error: ...``, on stderr and exit
-code 2. Then the agent runs until SIGTERM or SIGINT, which stop it cleanly (the batch held is
-sealed, the uplink says ``offline``). Logs go to stderr.
+code 2. Then it replaces itself (``exec``, same process id) with the agent's lean process,
+``python -m owlgate.edge`` (:mod:`owlgate.edge.runtime`), which runs until SIGTERM or SIGINT;
+they stop it cleanly (the batch held is sealed, the uplink says ``offline``). Logs go to
+stderr.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Final
 
 import typer
 
-from .agent import EdgeAgent
 from .config import load_config, load_keys
 from .errors import ConfigError
 
@@ -35,17 +35,6 @@ def edge() -> None:
     """The gateway agent: radio, LoRaWAN, telemetry to the fleet."""
 
 
-async def _run_until_signalled(agent: EdgeAgent) -> None:
-    loop = asyncio.get_running_loop()
-    for number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(number, agent.stop)
-    try:
-        await agent.run()
-    finally:
-        for number in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(number)
-
-
 @edge_command.command("run")
 def run(
     config: Annotated[Path, typer.Option("--config", help="the agent's TOML configuration file")],
@@ -53,20 +42,14 @@ def run(
 ) -> None:
     """Run the gateway agent with the configuration in FILE until SIGTERM or SIGINT."""
     try:
-        settings = load_config(config)
-        keys = load_keys(settings)
+        load_keys(load_config(config))
     except ConfigError as err:
         typer.echo(f"error: {err.message}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from err
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger(__name__).info(
-        "gateway %s starting: radio %s, MQTT %s:%d",
-        settings.gateway.gateway_id_hex,
-        settings.radio.port,
-        settings.mqtt.host,
-        settings.mqtt.port,
-    )
-    asyncio.run(_run_until_signalled(EdgeAgent(settings, keys=keys)))
+    # The agent runs without this command line's framework in memory (edge/runtime.py).
+    command = [sys.executable, "-m", "owlgate.edge", "--config", str(config)]
+    if verbose:
+        command.append("--verbose")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)

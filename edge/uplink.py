@@ -22,6 +22,13 @@ counts it in ``reconnects``, waits a random delay between 0 and an exponentially
 ("full jitter", so a city of gateways does not reconnect in step after a broker restart) and
 connects again.
 
+``online`` means "this gateway is connected and can be answered": the fleet replies to it with
+the gateway's device sessions on ``keys``, which the agent receives on a second connection.
+So an ``announce_gate`` (the agent's: "my control subscription is up") may hold the ``online``
+publish of each connection, for at most ``announce_wait_s``; the outbox drains meanwhile only
+after it, as before. :meth:`Uplink.announce` publishes ``online`` again on the current
+connection, for when the control subscription came back after the ``online`` went out.
+
 Health messages do not go through the outbox: a health snapshot is only worth its moment, and
 the fleet's offline rule wants the newest one. :meth:`Uplink.publish_now` publishes directly on
 the current connection (QoS 1 by default, timing the round trip) and returns False, counted in
@@ -35,7 +42,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -62,6 +69,8 @@ DEFAULT_BACKOFF_CAP_S = 60.0
 # A connection that lasted this long resets the backoff; one that fails sooner keeps growing
 # it, so a broker that accepts and then drops the gateway is not hammered.
 STABLE_CONNECTION_S = 30.0
+#: How long an ``announce_gate`` may hold the ``online`` of a new connection.
+DEFAULT_ANNOUNCE_WAIT_S = 10.0
 _MAX_BACKOFF_EXPONENT = 30
 _WATCH_GRACE_S = 1.0
 
@@ -118,7 +127,11 @@ class Uplink:
     Counters, read-only for callers: ``published`` (outbox entries acknowledged after their
     PUBACK), ``reconnects`` (MQTT errors that made the uplink connect again, failed attempts
     included), ``last_rtt_ms`` (the last QoS 1 round trip of a state or direct publish, None
-    before the first), ``connected``, ``direct_published`` and ``direct_dropped``.
+    before the first), ``connected``, ``announced`` (``online`` acknowledged on the current
+    connection), ``direct_published`` and ``direct_dropped``.
+
+    ``announce_gate``, when given, is awaited before each connection's ``online`` publish, for
+    at most ``announce_wait_s`` (then ``online`` goes out anyway, with a warning).
     """
 
     def __init__(
@@ -135,6 +148,8 @@ class Uplink:
         backoff_base_s: float = DEFAULT_BACKOFF_BASE_S,
         backoff_cap_s: float = DEFAULT_BACKOFF_CAP_S,
         rng: random.Random | None = None,
+        announce_gate: Callable[[], Awaitable[object]] | None = None,
+        announce_wait_s: float = DEFAULT_ANNOUNCE_WAIT_S,
     ) -> None:
         if len(gateway_id) != 8:
             raise UplinkError(f"gateway_id must be 8 bytes (EUI-64), got {len(gateway_id)}")
@@ -157,6 +172,8 @@ class Uplink:
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
         self._rng = rng if rng is not None else random.Random()
+        self._announce_gate = announce_gate
+        self._announce_wait_s = announce_wait_s
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._client: aiomqtt.Client | None = None
@@ -166,6 +183,7 @@ class Uplink:
         self.reconnects = 0
         self.last_rtt_ms: int | None = None
         self.connected = False
+        self.announced = False
         self.direct_published = 0
         self.direct_dropped = 0
 
@@ -240,6 +258,54 @@ class Uplink:
         self.direct_published += 1
         return True
 
+    async def announce(self) -> bool:
+        """Publish ``online`` (retained) again on the current connection; False when there
+        is none or the publish failed (the supervisor then reconnects and announces anyway)."""
+        client = self._client
+        if client is None or not self.connected:
+            return False
+        try:
+            await self._publish_online(client)
+        except aiomqtt.MqttError as err:
+            log.info("announcing online again failed: %s", err)
+            return False
+        return True
+
+    async def _publish_online(self, client: aiomqtt.Client) -> None:
+        started = time.monotonic()
+        await client.publish(
+            self.state_topic, ONLINE, qos=1, retain=True, timeout=self._publish_timeout_s
+        )
+        self.last_rtt_ms = _elapsed_ms(started)
+        self.announced = True
+
+    async def _wait_for_gate(self) -> None:
+        gate = self._announce_gate
+        if gate is None:
+            return
+
+        async def opened() -> None:
+            await gate()
+
+        waiting = asyncio.create_task(opened())
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait(
+                (waiting, stopping),
+                timeout=self._announce_wait_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            await _cancel_all((waiting, stopping))
+        if not waiting.done() or waiting.cancelled():
+            if not self._stopping.is_set():
+                log.warning(
+                    "announce gate still closed after %.0f s: announcing online anyway",
+                    self._announce_wait_s,
+                )
+        elif waiting.exception() is not None:
+            log.error("announce gate failed (%r): announcing online anyway", waiting.exception())
+
     # --- the supervisor -----------------------------------------------------------------------
 
     def _new_client(self) -> aiomqtt.Client:
@@ -247,6 +313,8 @@ class Uplink:
             self.host,
             self.port,
             identifier=f"owlgate-gw-{self.gateway_id.hex()}",
+            # The gateway id is its MQTT user name (the broker's ACL keys on it).
+            username=self.gateway_id.hex(),
             protocol=aiomqtt.ProtocolVersion.V311,
             clean_session=True,
             will=aiomqtt.Will(self.state_topic, OFFLINE, qos=1, retain=True),
@@ -296,11 +364,8 @@ class Uplink:
         # connection fails.
         # aiomqtt warns when more calls than this wait; max_inflight of them is normal here.
         client.pending_calls_threshold = self._max_inflight + 2
-        started = time.monotonic()
-        await client.publish(
-            self.state_topic, ONLINE, qos=1, retain=True, timeout=self._publish_timeout_s
-        )
-        self.last_rtt_ms = _elapsed_ms(started)
+        await self._wait_for_gate()
+        await self._publish_online(client)
         self._client = client
         self.connected = True
         log.info("MQTT %s:%d connected, RTT %d ms", self.host, self.port, self.last_rtt_ms)
@@ -316,7 +381,7 @@ class Uplink:
                 # asyncio logs "Future exception was never retrieved".
                 await asyncio.wait([watcher], timeout=_WATCH_GRACE_S)
         finally:
-            self.connected = False
+            self.connected = self.announced = False
             self._client = None
             await _cancel_all(tasks)
         error = _first_error((watcher, drainer))

@@ -11,6 +11,9 @@ accept comes down and out of the concentrator in the RX1 window.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
+import json
 import signal
 import sys
 from collections.abc import Callable
@@ -42,7 +45,7 @@ from owlgate.edge.config import EdgeConfig, load_config
 from owlgate.edge.lorawan_proc import RejectReason
 from owlgate.hil.concentrator import EmulatedConcentrator
 from owlgate.hil.devices import EmulatedDevice
-from tests.mqtt_servers import BrokerServer
+from tests.mqtt_servers import BrokerServer, TcpProxy
 
 pytest_plugins = ["tests.brokers"]
 
@@ -167,6 +170,10 @@ async def eventually(condition: Callable[[], bool], what: str) -> None:
         pytest.fail(f"timed out waiting for: {what}")
 
 
+def uplink_up(agent: EdgeAgent) -> bool:
+    return agent.uplink is not None and agent.uplink.announced
+
+
 def readings_received(
     fleet: FleetSide, gateway_public: Ed25519PublicKey
 ) -> list[tuple[bytes, int, dict[str, object]]]:
@@ -206,15 +213,24 @@ def test_agent_end_to_end(broker: BrokerServer, tmp_path: Path) -> None:
             try:
                 await eventually(lambda: agent.radio_connected, "the radio configured")
                 await eventually(lambda: agent.control_connected, "the control subscription")
+                # Joins go up on the uplink, which announces itself after the subscription.
+                await eventually(lambda: uplink_up(agent), "the uplink online")
                 assert concentrator.radio_configs[0].channels == config.radio.channels
 
-                # A session update signed by someone else is refused; the fleet's is taken.
+                # A session update signed by someone else is refused; the fleet's are taken.
+                # The agent is ready once the update marked complete is in.
                 sealed = [fleet_keys.seal(device) for device in devices]
-                update = encode_session_update(SessionUpdate(sealed))
-                await fleet.publish("keys", sign(update, Ed25519PrivateKey.generate()))
+                first = encode_session_update(SessionUpdate(sealed[:1]))
+                last = encode_session_update(SessionUpdate(sealed[1:], complete=True))
+                await fleet.publish("keys", sign(last, Ed25519PrivateKey.generate()))
                 await eventually(lambda: agent.counters.control_rejected == 1, "forgery refused")
-                await fleet.publish("keys", sign(update, fleet_keys.key))
+                await fleet.publish("keys", sign(first, fleet_keys.key))
+                await eventually(lambda: agent.counters.sessions_installed == 1, "1 session")
+                await asyncio.sleep(0.2)
+                assert not agent.ready.is_set()
+                await fleet.publish("keys", sign(last, fleet_keys.key))
                 await eventually(lambda: agent.counters.sessions_installed == 2, "2 sessions")
+                await eventually(agent.ready.is_set, "ready after the complete session update")
 
                 sent: dict[tuple[bytes, int], dict[str, object]] = {}
                 phys: list[bytes] = []
@@ -307,6 +323,18 @@ def test_agent_end_to_end(broker: BrokerServer, tmp_path: Path) -> None:
         counters = agent.counters
         assert (counters.joins_forwarded, counters.tx_sent, counters.tx_failed) == (1, 1, 0)
         assert counters.health_published >= 1
+        assert counters.session_updates == 2
+        # At shutdown the counters went to status.json, for the technician and the demo.
+        status = json.loads((tmp_path / "state" / "status.json").read_text())
+        assert status["gateway_id"] == GATEWAY.hex()
+        assert status["ready"] is True
+        assert status["agent"]["readings"] == 11
+        assert status["agent"]["rejected"] == 2
+        assert status["lorawan"]["rejected_replay"] == 1
+        assert status["lorawan"]["rejected_retransmission"] == 1
+        assert status["lorawan"]["sessions"] == 3
+        assert status["outbox"]["depth"] == 0
+        assert status["radio"]["rx_delivered"] == counters.readings + counters.rejected + 1
 
     asyncio.run(scenario())
 
@@ -411,6 +439,8 @@ def test_join_answers_that_cannot_be_used(tmp_path: Path, embedded_broker: Broke
             try:
                 await eventually(lambda: agent.radio_connected, "the radio configured")
                 await eventually(lambda: agent.control_connected, "the control subscription")
+                # Joins go up on the uplink, which announces itself after the subscription.
+                await eventually(lambda: uplink_up(agent), "the uplink online")
                 concentrator.tx_error = TxError.TOO_LATE
                 tokens: list[int] = []
                 for _ in range(2):
@@ -458,3 +488,140 @@ def test_join_answers_that_cannot_be_used(tmp_path: Path, embedded_broker: Broke
         assert counters.sessions_installed == 0
 
     asyncio.run(scenario())
+
+
+class Responder:
+    """The fleet's answer to ``online``: a signed session update with ``sealed`` sessions,
+    every time the gateway announces itself; reconnects when the broker comes back."""
+
+    def __init__(self, broker: BrokerServer, fleet_key: Ed25519PrivateKey, sealed: list[bytes]):
+        self.answered = 0
+        self._broker = broker
+        self._update = sign(encode_session_update(SessionUpdate(sealed, complete=True)), fleet_key)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._serve())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+
+    async def _serve(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client(self._broker.host, self._broker.port) as client:
+                    await client.subscribe(PREFIX + "state", qos=1)
+                    async for message in client.messages:
+                        if message.payload == b"online":
+                            await client.publish(PREFIX + "keys", self._update, qos=1)
+                            self.answered += 1
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.1)
+
+
+def _abp_device(index: int) -> EmulatedDevice:
+    return EmulatedDevice.abp(
+        "parking-v1",
+        bytes.fromhex(f"70b3d57ed00001{index:02x}"),
+        dev_addr=0x26020000 + index,
+        nwk_s_key=bytes([index]) * 16,
+        app_s_key=bytes([index + 0x80]) * 16,
+    )
+
+
+def test_sessions_sent_in_answer_to_online_always_arrive(
+    broker: BrokerServer, tmp_path: Path
+) -> None:
+    # The fleet answers "online" at once. The agent's online waits for its control
+    # subscription, so the answer is never lost: not at start, not after the broker restarted
+    # and forgot every session and subscription.
+    async def scenario() -> None:
+        fleet_keys = Fleet(tmp_path / "keys")
+        sealed = [fleet_keys.seal(_abp_device(1))]
+        async with (
+            EmulatedConcentrator(tmp_path / "dev", seed=7) as concentrator,
+            Responder(broker, fleet_keys.key, sealed) as responder,
+        ):
+            agent = EdgeAgent(write_config(tmp_path, broker, concentrator.path))
+            run = asyncio.create_task(agent.run())
+            try:
+                await eventually(agent.ready.is_set, "ready")
+                assert agent.counters.sessions_installed == 1
+                for restart in range(2):
+                    updates = agent.counters.session_updates
+                    await asyncio.to_thread(broker.stop)
+                    await eventually(lambda: not agent.control_connected, "control lost")
+                    await asyncio.to_thread(broker.start)
+                    await eventually(
+                        functools.partial(_more_updates, agent, updates),
+                        f"a session update after restart {restart + 1}",
+                    )
+                assert responder.answered >= 3
+                assert agent.counters.control_rejected == 0
+            finally:
+                agent.stop()
+                await run
+
+    asyncio.run(scenario())
+
+
+def test_keys_sent_while_the_control_connection_is_down_arrive_later(
+    broker: BrokerServer, tmp_path: Path
+) -> None:
+    # The control connection's session is persistent: what the fleet publishes on "keys"
+    # while the gateway's backhaul is cut waits at the broker and arrives on reconnection.
+    async def scenario() -> None:
+        fleet_keys = Fleet(tmp_path / "keys")
+        first, later = _abp_device(1), _abp_device(2)
+        async with (
+            EmulatedConcentrator(tmp_path / "dev", seed=8) as concentrator,
+            TcpProxy(broker.host, broker.port) as proxy,
+        ):
+            config = write_config(tmp_path, broker, concentrator.path)
+            agent = EdgeAgent(config)
+            proxied = f"{PREFIX}keys"
+            run = asyncio.create_task(_run_via(agent, config, proxy))
+            try:
+                await eventually(lambda: agent.control_connected, "control subscription")
+                async with aiomqtt.Client(broker.host, broker.port) as fleet:
+                    update = SessionUpdate([fleet_keys.seal(first)])
+                    await fleet.publish(
+                        proxied, sign(encode_session_update(update), fleet_keys.key), qos=1
+                    )
+                    await eventually(lambda: agent.counters.sessions_installed == 1, "first")
+                    await proxy.pause()
+                    proxy.sever()
+                    await eventually(lambda: not agent.control_connected, "control cut")
+                    update = SessionUpdate([fleet_keys.seal(later)])
+                    await fleet.publish(
+                        proxied, sign(encode_session_update(update), fleet_keys.key), qos=1
+                    )
+                    await asyncio.sleep(0.2)
+                    assert agent.counters.sessions_installed == 1
+                    await proxy.resume()
+                    await eventually(
+                        lambda: agent.counters.sessions_installed == 2, "the queued session"
+                    )
+                processor = agent.processor
+                assert processor is not None
+                assert processor.session_count == 2
+            finally:
+                agent.stop()
+                await run
+
+    asyncio.run(scenario())
+
+
+def _more_updates(agent: EdgeAgent, before: int) -> bool:
+    return agent.counters.session_updates > before
+
+
+async def _run_via(agent: EdgeAgent, config: EdgeConfig, proxy: TcpProxy) -> None:
+    # The agent's MQTT settings pointed at the proxy instead of the broker itself.
+    agent.config = dataclasses.replace(
+        config, mqtt=dataclasses.replace(config.mqtt, host=proxy.host, port=proxy.port)
+    )
+    await agent.run()

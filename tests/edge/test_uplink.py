@@ -253,6 +253,57 @@ def test_broker_restart_delivers_everything_pending(broker: BrokerServer) -> Non
     asyncio.run(scenario())
 
 
+def test_online_waits_for_the_announce_gate(embedded_broker: BrokerServer) -> None:
+    # Nothing is published before the gate opens: not online, not the outbox.
+    async def scenario() -> None:
+        outbox = FakeOutbox()
+        outbox.add(b"held")
+        gate = asyncio.Event()
+        async with Recorder(embedded_broker, "watcher") as watcher:
+            uplink = Uplink(
+                outbox, GATEWAY, embedded_broker.host, embedded_broker.port, announce_gate=gate.wait
+            )
+            async with uplink:
+                await asyncio.sleep(0.5)
+                assert watcher.messages == []
+                assert outbox.depth() == 1
+                assert not uplink.announced
+                gate.set()
+                await eventually(lambda: outbox.depth() == 0 and uplink.announced, "drained")
+                await eventually(lambda: watcher.payloads(STATE) == [b"online"], "online")
+                # announce() publishes online again on the same connection.
+                assert await uplink.announce() is True
+                await eventually(
+                    lambda: watcher.payloads(STATE) == [b"online", b"online"], "online again"
+                )
+            assert not uplink.announced
+            assert await uplink.announce() is False
+
+    asyncio.run(scenario())
+
+
+def test_a_gate_that_stays_closed_delays_online_only_for_a_while(
+    embedded_broker: BrokerServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        outbox = FakeOutbox()
+        never = asyncio.Event()
+        async with Recorder(embedded_broker, "watcher") as watcher:
+            uplink = Uplink(
+                outbox,
+                GATEWAY,
+                embedded_broker.host,
+                embedded_broker.port,
+                announce_gate=never.wait,
+                announce_wait_s=0.3,
+            )
+            async with uplink:
+                await eventually(lambda: watcher.payloads(STATE) == [b"online"], "online")
+        assert "announcing online anyway" in caplog.text
+
+    asyncio.run(scenario())
+
+
 def test_backoff_is_full_jitter_capped_and_seedable() -> None:
     delays = [backoff_delay_s(n, 0.5, 8.0, random.Random(9)) for n in range(10)]
     again = [backoff_delay_s(n, 0.5, 8.0, random.Random(9)) for n in range(10)]
