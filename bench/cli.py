@@ -14,10 +14,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import codec_bench, edge_bench
+from . import codec_bench, e2e_bench, edge_bench, fleet_bench
 from .figures import Figure
 
-SUITES = {"codec": codec_bench.run, "edge": edge_bench.run}
+SUITES = {
+    "codec": codec_bench.run,
+    "edge": edge_bench.run,
+    "fleet": fleet_bench.run,
+    "e2e": e2e_bench.run,
+}
 
 bench_command = typer.Typer(
     name="bench",

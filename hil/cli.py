@@ -125,10 +125,48 @@ def gateway(
         Path | None, typer.Option("--report", help="JSON file of every generated reading")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="seed for values and jitter")] = 0,
+    wait_for_start: Annotated[
+        bool,
+        typer.Option("--wait-for-start", help="devices wait for the line `start` on stdin"),
+    ] = False,
+    air_port: Annotated[
+        int | None,
+        typer.Option(
+            "--air-port",
+            min=1,
+            max=65535,
+            help="UDP port on 127.0.0.1 where neighbours send frames this gateway also hears",
+        ),
+    ] = None,
+    neighbour_ports: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--neighbour-port",
+            min=1,
+            max=65535,
+            help="a neighbour's air port: it hears the --shared-devices too (repeatable)",
+        ),
+    ] = None,
+    shared_devices: Annotated[
+        str | None,
+        typer.Option(
+            "--shared-devices", help="comma-separated DevEUIs the neighbours hear as well"
+        ),
+    ] = None,
+    hostile_every: Annotated[
+        int,
+        typer.Option(
+            "--hostile-every",
+            min=0,
+            help="after every N-th uplink send one bad input (replay, bad MIC, bad CRC, "
+            "line noise); 0: never",
+        ),
+    ] = 0,
 ) -> None:
     """Run an emulated concentrator and its devices until SIGTERM, SIGINT or --duration;
     prints `LINK <path>` first, then writes the report."""
     euis = None if devices is None else [e for e in devices.split(",") if e]
+    shared = None if shared_devices is None else [e for e in shared_devices.split(",") if e]
     try:
         secrets_file = json.loads(manifest.read_text())
     except (OSError, ValueError) as err:
@@ -144,6 +182,11 @@ def gateway(
                 duration_s=duration,
                 interval_s=interval_s,
                 seed=seed,
+                wait_for_start=wait_for_start,
+                air_port=air_port,
+                neighbour_ports=tuple(neighbour_ports or ()),
+                shared=shared,
+                hostile_every=hostile_every,
             )
         )
     except EmulatorError as err:
@@ -151,4 +194,8 @@ def gateway(
         raise typer.Exit(2) from err
     if report is not None:
         write_report(run, report)
-    typer.echo(f"generated {len(run.readings)} readings, {run.joins} joins")
+    hostile = sum(run.hostile.values())
+    typer.echo(
+        f"generated {len(run.readings)} readings, {run.joins} joins; {run.relayed} uplinks "
+        f"also sent to neighbours, {run.heard} heard from neighbours; {hostile} bad inputs"
+    )

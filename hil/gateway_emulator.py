@@ -4,12 +4,25 @@ It runs an :class:`~owlgate.hil.concentrator.EmulatedConcentrator` on a pty (its
 path is the first line on stdout, ``LINK <path>``, so a parent can point an edge agent at it)
 and the emulated devices assigned to this gateway, built from the ``fleet seed`` manifest:
 ABP devices with their session keys, OTAA devices that join first through the edge agent and
-the fleet's join server. Each device is in exactly one gateway process, so its frame counter
-has one owner; cross-gateway duplicates are not emulated.
+the fleet's join server. Each device is in exactly one gateway process, which owns its frame
+counter.
 
-Every ``interval_s`` (with jitter, so devices do not fire together) each joined device sends
-one uplink. On SIGTERM or SIGINT, or after ``duration_s``, it stops and writes a JSON report of
-every reading it generated (``dev_eui``, ``fcnt``, ``values``) to the report file.
+**Neighbours.** In a city one frame is often heard by two gateways. A gateway process can
+listen on a UDP port of the loopback ("the air", ``air_port``): every datagram there is a
+frame a device of another gateway sent and this gateway also hears, and it is reported by this
+concentrator too, a little weaker. The devices in ``shared`` have every uplink sent to each
+port in ``neighbours`` as well. The fleet must merge the two receptions into one reading.
+
+**Hostile input.** With ``hostile_every`` N, after every N-th uplink the emulator also sends
+one bad input, taking turns: a replay of an older frame of a device, a frame whose MIC was
+altered, a frame with a bad radio CRC, and line noise on the serial link. None may become a
+reading; the report counts how many of each were sent.
+
+Devices start once the host has configured the radio, or, with ``start`` given, once that
+event is set too (the demo sets it when every edge agent says it is ready). Every
+``interval_s`` (with jitter, so devices do not fire together) each joined device sends one
+uplink. On SIGTERM or SIGINT, or after ``duration_s``, it stops and writes a JSON report of
+every reading it generated (``dev_eui``, ``fcnt``, ``values``) and the counts above.
 """
 
 from __future__ import annotations
@@ -20,11 +33,14 @@ import json
 import logging
 import random
 import signal
+import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+from ..codecs.concentrator import CrcStatus
 from ..codecs.errors import OwlgateError
 from .concentrator import EmulatedConcentrator
 from .devices import DeviceError, EmulatedDevice
@@ -35,10 +51,14 @@ log = logging.getLogger(__name__)
 _TICK_S = 0.1
 #: An OTAA device that heard no accept asks again after this long.
 _JOIN_RETRY_S = 8.0
-#: After the host configures the radio, time for its MQTT link and the fleet's ABP sessions
-#: (sent when the gateway goes online) before the first uplink: frames sent earlier would be
-#: dropped as unknown devices, which the demo would count as lost.
-_SETTLE_S = 2.0
+#: A neighbouring gateway hears a shared device this much weaker than its own gateway does.
+NEIGHBOUR_LOSS_DB: Final = 12
+NEIGHBOUR_SNR_LOSS_DB: Final = 5.0
+AIR_HOST: Final = "127.0.0.1"
+#: The kinds of bad input, in the order they take turns.
+HOSTILE_KINDS: Final = ("replay", "bad_mic", "crc_bad", "line_noise")
+#: The word on stdin that starts the devices when the emulator waits for it.
+START_WORD: Final = "start"
 
 
 class EmulatorError(OwlgateError):
@@ -85,14 +105,117 @@ def build_devices(
 
 @dataclass
 class GatewayRun:
-    """What one run generated; :meth:`report` is the JSON written at the end."""
+    """What one run generated; :meth:`report` is the JSON written at the end.
+
+    ``relayed``: uplinks of this gateway's devices also sent to a neighbour; ``heard``:
+    neighbours' frames this concentrator reported; ``air_rejected``: datagrams on the air port
+    that were not a frame; ``hostile``: bad inputs sent, by kind (:data:`HOSTILE_KINDS`).
+    """
 
     gateway_id: str
     readings: list[dict[str, Any]] = field(default_factory=list)
     joins: int = 0
+    relayed: int = 0
+    heard: int = 0
+    air_rejected: int = 0
+    hostile: dict[str, int] = field(default_factory=lambda: dict.fromkeys(HOSTILE_KINDS, 0))
 
     def report(self) -> dict[str, Any]:
-        return {"gateway_id": self.gateway_id, "joins": self.joins, "readings": self.readings}
+        return {
+            "gateway_id": self.gateway_id,
+            "joins": self.joins,
+            "relayed": self.relayed,
+            "heard": self.heard,
+            "air_rejected": self.air_rejected,
+            "hostile": dict(self.hostile),
+            "readings": self.readings,
+        }
+
+
+class Air(asyncio.DatagramProtocol):
+    """The air port: each datagram is one frame a neighbour's device sent (JSON: ``phy`` in
+    hex, ``rssi_dbm``, ``snr_db``, ``frequency_hz``, ``sf``), reported by ``concentrator``."""
+
+    def __init__(self, concentrator: EmulatedConcentrator, run: GatewayRun) -> None:
+        self.concentrator = concentrator
+        self.run = run
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        try:
+            frame = json.loads(data)
+            phy = bytes.fromhex(frame["phy"])
+            rssi_dbm, snr_db = int(frame["rssi_dbm"]), float(frame["snr_db"])
+            frequency_hz, sf = int(frame["frequency_hz"]), int(frame["sf"])
+        except (ValueError, KeyError, TypeError) as err:
+            self.run.air_rejected += 1
+            log.warning("air port: not a frame (%s)", err)
+            return
+        self.concentrator.inject(
+            phy, rssi_dbm=rssi_dbm, snr_db=snr_db, frequency_hz=frequency_hz, sf=sf
+        )
+        self.run.heard += 1
+
+
+def neighbour_frame(phy: bytes, rssi_dbm: int, snr_db: float, frequency_hz: int, sf: int) -> bytes:
+    """The datagram for :class:`Air`: the frame as a neighbour hears it, weaker."""
+    return json.dumps(
+        {
+            "phy": phy.hex(),
+            "rssi_dbm": max(-139, rssi_dbm - NEIGHBOUR_LOSS_DB),
+            "snr_db": max(-20.0, round((snr_db - NEIGHBOUR_SNR_LOSS_DB) * 4) / 4),
+            "frequency_hz": frequency_hz,
+            "sf": sf,
+        }
+    ).encode()
+
+
+class Hostile:
+    """Sends one bad input per call, the kinds of :data:`HOSTILE_KINDS` taking turns; until a
+    device has sent two frames (which the other kinds need), every call sends line noise."""
+
+    def __init__(self, concentrator: EmulatedConcentrator, run: GatewayRun) -> None:
+        self.concentrator = concentrator
+        self.run = run
+        self._turn = 0
+        # The last two frames of each device, oldest first.
+        self._frames: dict[bytes, deque[bytes]] = {}
+
+    def sent(self, device: EmulatedDevice, phy: bytes) -> None:
+        self._frames.setdefault(device.dev_eui, deque(maxlen=2)).append(phy)
+
+    def inject(self) -> None:
+        kind = HOSTILE_KINDS[self._turn % len(HOSTILE_KINDS)]
+        history = [frames for frames in self._frames.values() if len(frames) == 2]
+        if kind != "line_noise" and not history:
+            # Not possible yet: line noise now, and this kind keeps its turn.
+            kind = "line_noise"
+        else:
+            self._turn += 1
+        if kind == "line_noise":
+            self.concentrator.inject_garbage()
+        else:
+            older, latest = history[self._turn % len(history)]
+            if kind == "replay":
+                self.concentrator.inject(older)
+            elif kind == "bad_mic":
+                self.concentrator.inject(latest[:-1] + bytes([latest[-1] ^ 0x5A]))
+            else:
+                self.concentrator.inject(latest, crc_status=CrcStatus.BAD)
+        self.run.hostile[kind] += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbours:
+    """Who else hears some of this gateway's devices: ``shared`` DevEUIs, sent with
+    ``send(datagram)`` to every neighbour's air port."""
+
+    shared: frozenset[bytes]
+    ports: tuple[int, ...]
+    transport: asyncio.DatagramTransport
+
+    def send(self, datagram: bytes) -> None:
+        for port in self.ports:
+            self.transport.sendto(datagram, (AIR_HOST, port))
 
 
 async def run_gateway(
@@ -103,15 +226,22 @@ async def run_gateway(
     *,
     interval_s: float,
     rng: random.Random,
+    start: asyncio.Event | None = None,
+    neighbours: Neighbours | None = None,
+    hostile_every: int = 0,
 ) -> None:
     """Drive ``devices`` through ``concentrator`` until ``stop`` is set; the first uplinks wait
-    until the host has configured the radio (a real radio hears nothing before that)."""
-    while concentrator.radio_config is None and not stop.is_set():
+    until the host has configured the radio (a real radio hears nothing before that) and, if
+    given, until ``start`` is set."""
+    while not stop.is_set() and (
+        concentrator.radio_config is None or (start is not None and not start.is_set())
+    ):
         await _pause(stop, _TICK_S)
-    await _pause(stop, _SETTLE_S)
-    start = time.monotonic()
+    hostile = Hostile(concentrator, run)
+    uplinks = 0
+    start_s = time.monotonic()
     # First reports spread over one interval so the devices do not all fire at once.
-    next_at = {d.dev_eui: start + rng.uniform(0.5, max(0.6, interval_s)) for d in devices}
+    next_at = {d.dev_eui: start_s + rng.uniform(0.5, max(0.6, interval_s)) for d in devices}
     join_sent: dict[bytes, float] = {}
     seen_tx = 0
     while not stop.is_set():
@@ -144,6 +274,16 @@ async def run_gateway(
                 {"dev_eui": device.dev_eui.hex(), "fcnt": device.f_cnt - 1, "values": values}
             )
             next_at[device.dev_eui] = now + interval_s * rng.uniform(0.85, 1.15)
+            if neighbours is not None and device.dev_eui in neighbours.shared:
+                radio = device.radio
+                neighbours.send(
+                    neighbour_frame(phy, frame.rssi_dbm, frame.snr_db, radio.frequency_hz, radio.sf)
+                )
+                run.relayed += 1
+            hostile.sent(device, phy)
+            uplinks += 1
+            if hostile_every and uplinks % hostile_every == 0:
+                hostile.inject()
         await _pause(stop, _TICK_S)
 
 
@@ -162,10 +302,21 @@ async def emulate(
     duration_s: float | None,
     interval_s: float,
     seed: int,
+    wait_for_start: bool = False,
+    air_port: int | None = None,
+    neighbour_ports: tuple[int, ...] = (),
+    shared: list[str] | None = None,
+    hostile_every: int = 0,
 ) -> GatewayRun:
     """The whole process but the report: concentrator up, ``LINK`` printed, devices run until
-    SIGTERM, SIGINT or ``duration_s``; returns what was generated."""
+    SIGTERM, SIGINT or ``duration_s``; returns what was generated. With ``wait_for_start``
+    the devices wait for the line ``start`` on stdin (``READY_FOR_START`` is printed when
+    the emulator listens for it)."""
     devices = build_devices(manifest, dev_euis, interval_s=interval_s, seed=seed)
+    own = {device.dev_eui for device in devices}
+    shared_euis = frozenset(bytes.fromhex(eui) for eui in shared or [])
+    if not shared_euis <= own:
+        raise EmulatorError("--shared-devices names a device this gateway does not emulate")
     run = GatewayRun(gateway_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -173,14 +324,66 @@ async def emulate(
         loop.add_signal_handler(signum, stop.set)
     if duration_s is not None:
         loop.call_later(duration_s, stop.set)
-    async with EmulatedConcentrator(
-        link_dir, eui=bytes.fromhex(gateway_id), seed=seed
-    ) as concentrator:
+    async with (
+        EmulatedConcentrator(link_dir, eui=bytes.fromhex(gateway_id), seed=seed) as concentrator,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        if air_port is not None:
+            try:
+                listening, _ = await loop.create_datagram_endpoint(
+                    lambda: Air(concentrator, run), local_addr=(AIR_HOST, air_port)
+                )
+            except OSError as err:
+                raise EmulatorError(f"--air-port {air_port}: {err.strerror or err}") from err
+            stack.callback(listening.close)
+        neighbours = None
+        if neighbour_ports and shared_euis:
+            sending, _ = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=(AIR_HOST, 0)
+            )
+            stack.callback(sending.close)
+            neighbours = Neighbours(shared_euis, neighbour_ports, sending)
+        start = None
+        if wait_for_start:
+            start = asyncio.Event()
+            stack.push_async_callback(_cancelled, asyncio.create_task(_start_on_stdin(start)))
         print(f"LINK {concentrator.path}", flush=True)
+        if wait_for_start:
+            print("READY_FOR_START", flush=True)
         await run_gateway(
-            concentrator, devices, run, stop, interval_s=interval_s, rng=random.Random(seed)
+            concentrator,
+            devices,
+            run,
+            stop,
+            interval_s=interval_s,
+            rng=random.Random(seed),
+            start=start,
+            neighbours=neighbours,
+            hostile_every=hostile_every,
         )
     return run
+
+
+async def _start_on_stdin(start: asyncio.Event) -> None:
+    """Set ``start`` when the line ``start`` arrives on stdin."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
+    try:
+        while line := await reader.readline():
+            if line.strip().decode(errors="replace") == START_WORD:
+                start.set()
+                return
+        log.warning("stdin closed before %r arrived: the devices do not start", START_WORD)
+    finally:
+        transport.close()
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def write_report(run: GatewayRun, report: Path) -> None:

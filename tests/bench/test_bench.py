@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from owlgate.bench.codec_bench import GATEWAY, SEQ, parking_readings
 from owlgate.codecs.cli import app
 from owlgate.codecs.node.telemetry import Batch, encode_batch
+from tests.mqtt_servers import mosquitto_binary
 
 REQUIRED = [
     "codec.telemetry_bytes_per_reading_batch100",
@@ -27,7 +28,9 @@ REQUIRED = [
 
 def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "--quick", "--json", str(out)])
+    # The suites that need servers have tests of their own below.
+    suites = ["--suite", "codec", "--suite", "edge"]
+    result = CliRunner().invoke(app, ["bench", *suites, "--quick", "--json", str(out)])
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())
     for name in REQUIRED:
@@ -47,7 +50,7 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
 
 def test_size_figures_are_the_encoded_sizes(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "--quick", "--json", str(out)])
+    result = CliRunner().invoke(app, ["bench", "--suite", "codec", "--quick", "--json", str(out)])
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())
     readings = parking_readings(100)
@@ -61,3 +64,39 @@ def test_unknown_suite_is_refused() -> None:
     result = CliRunner().invoke(app, ["bench", "--suite", "nope"])
     assert result.exit_code == 2
     assert "unknown suite nope" in result.stderr
+
+
+def test_fleet_suite_measures_both_brokers(tmp_path: Path) -> None:
+    """The fleet figures come from a real ``owlgate fleet serve`` fed over MQTT, once on the
+    embedded broker and once on a Mosquitto the bench starts itself; the suite fails rather
+    than report a figure for which a published reading went missing."""
+    mosquitto_binary()  # skips locally without Mosquitto, fails under CI=true
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--suite", "fleet", "--quick", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    for broker in ("embedded", "mosquitto"):
+        name = f"fleet.ingest_readings_per_s.{broker}"
+        assert figures[name] > 0, name
+        assert figures[f"{name}.publish"] > 0, name
+        assert figures["units"][name] == "readings/s"
+        assert figures["goals"][name] == {"min": 20000}
+        assert figures["medians"][name] > 0
+
+
+def test_e2e_suite_measures_the_running_system(tmp_path: Path) -> None:
+    """Latency from the radio to the fleet's database, and the agent's memory and CPU, from a
+    real fleet and edge agent; the suite fails rather than report a latency with a reading
+    missing."""
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--suite", "e2e", "--quick", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    latency = "e2e.latency_ms_p99"
+    assert 0 < figures[f"{latency}.p50"] <= figures[latency] <= figures[f"{latency}.max"]
+    assert figures["goals"][latency] == {"max": 250}
+    assert figures["goals"]["edge.rss_mb"] == {"max": 60}
+    # A Python process with the agent's imports is tens of megabytes, never a handful.
+    assert figures["edge.rss_mb"] > 20
+    assert figures["edge.cpu_pct"] > 0
+    assert figures["units"]["edge.cpu_pct"] == "% of a core"
