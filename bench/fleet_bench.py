@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from owlgate.codecs.node.telemetry import Batch, Reading, encode_batch
 from owlgate.codecs.signed import sign
 from owlgate.fleet.broker import free_port
+from owlgate.hil.processes import find_mosquitto
 
 from .figures import Figure
 
@@ -183,17 +184,6 @@ class Payloads:
         batch = Batch(bytes.fromhex(gateway), self._seq[gateway], readings[0].time_s, readings)
         payload = sign(encode_batch(batch), self._seeded.keys[gateway])
         return f"owlgate/v1/gw/{gateway}/telemetry", payload
-
-
-def _mosquitto_binary() -> str | None:
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    for folder in ("/usr/sbin", "/usr/local/sbin"):
-        candidate = Path(folder) / "mosquitto"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
 
 
 def _wait_accepting(port: int, log: Path) -> None:
@@ -378,7 +368,7 @@ def run(*, quick: bool = False) -> list[Figure]:
         seeded = _seed(folder, plan)
         (folder / "embedded").mkdir()
         figures.append(_measure(seeded, folder / "embedded", None, plan))
-        binary = _mosquitto_binary()
+        binary = find_mosquitto()
         if binary is None:
             print(
                 "note: fleet.ingest_readings_per_s.mosquitto skipped: no mosquitto binary "

@@ -6,7 +6,9 @@ run the whole system."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +24,19 @@ from ..codecs.errors import OwlgateError
 MODULE: Final = "owlgate.codecs.cli"
 START_TIMEOUT_S: Final = 20.0
 STOP_TIMEOUT_S: Final = 10.0
+
+
+def find_mosquitto() -> str | None:
+    """The mosquitto binary, or None: on PATH, or where Debian installs it (/usr/sbin), which
+    is not on every user's PATH."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for folder in ("/usr/sbin", "/usr/local/sbin"):
+        candidate = Path(folder) / "mosquitto"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
 
 
 class ProcessFailed(OwlgateError):
