@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import shutil
 import socket
@@ -38,7 +37,12 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from owlgate.codecs.node.telemetry import Batch, Reading, encode_batch
 from owlgate.codecs.signed import sign
 from owlgate.fleet.broker import free_port
-from owlgate.hil.processes import find_mosquitto
+from owlgate.hil.processes import (
+    ChildProcess,
+    ProcessFailed,
+    children_stopped_at_exit,
+    find_mosquitto,
+)
 
 from .figures import Figure
 
@@ -224,35 +228,20 @@ def _fleet(seeded: Seeded, folder: Path, broker: str | None) -> Iterator[tuple[P
     broker URL it prints."""
     db = folder / "fleet.sqlite3"
     shutil.copyfile(seeded.db, db)
-    command = _cli("fleet", "serve", "--db", str(db), "--http-port", "0", "--instance", "bench")
-    command += ["--signing-key", str(seeded.db.parent / "gateway-keys/fleet-signing-ed25519.pem")]
+    args = ["fleet", "serve", "--db", str(db), "--http-port", "0", "--instance", "bench"]
+    args += ["--signing-key", str(seeded.db.parent / "gateway-keys/fleet-signing-ed25519.pem")]
     if broker is not None:
-        command += ["--broker", broker]
-    log = folder / "fleet.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    try:
-        url = ""
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            text = log.read_text(errors="replace")
-            for line in text.splitlines():
-                if line.startswith("MQTT broker: "):
-                    url = line.split()[2]
-            if url and "Uvicorn running on " in text:
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"owlgate fleet serve did not start; log:\n{text}")
-            time.sleep(0.05)
-        yield db, url
-    finally:
-        process.terminate()
+        args += ["--broker", broker]
+    with children_stopped_at_exit() as children:
+        fleet = ChildProcess("fleet", args, folder / "fleet.log")
+        children.append(fleet)
         try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(30)
+            url = fleet.expect(r"^MQTT broker: (\S+)", STARTUP_TIMEOUT_S).group(1)
+            fleet.expect(r"Uvicorn running on ", STARTUP_TIMEOUT_S)
+        except ProcessFailed as err:
+            log = (folder / "fleet.log").read_text(errors="replace")
+            raise RuntimeError(f"{err.message}; log:\n{log}") from err
+        yield db, url
 
 
 def _count(db: sqlite3.Connection, table: str) -> int:
