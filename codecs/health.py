@@ -32,6 +32,9 @@ key   field                   CBOR, unit
 18    outbox_oldest_age_s     uint, seconds; present exactly when outbox_depth > 0
 19    outbox_evicted          uint, batches dropped oldest-first since the agent started
 20    reconnects              uint, backhaul reconnections since the agent started
+21    outbox_size             ? [bytes, bound], uint each: payload bytes waiting and the
+                              configured bound (eviction starts at the bound; the agent
+                              warns from 80 % of it)
 ====  ======================  ===========================================================
 
 The encoding is deterministic and canonical, as for telemetry: :func:`decode_health` accepts
@@ -75,6 +78,7 @@ K_OUTBOX_DEPTH = 17
 K_OUTBOX_OLDEST_AGE = 18
 K_OUTBOX_EVICTED = 19
 K_RECONNECTS = 20
+K_OUTBOX_SIZE = 21
 
 KEY_NAMES = {
     K_VERSION: "version",
@@ -98,6 +102,7 @@ KEY_NAMES = {
     K_OUTBOX_OLDEST_AGE: "outbox_oldest_age_s",
     K_OUTBOX_EVICTED: "outbox_evicted",
     K_RECONNECTS: "reconnects",
+    K_OUTBOX_SIZE: "outbox_size",
 }
 REQUIRED_KEYS = (
     K_VERSION,
@@ -200,8 +205,9 @@ class Health:
     Units are in the names. ``cpu_temp_c`` travels in 0.1 degC steps and the load averages
     in 0.01 steps (values are rounded to them); ``throttled`` is the raw ``get_throttled`` bit
     field (a :class:`Throttle` after decoding). ``mem_*`` and ``disk_*`` come in pairs, as do
-    the three load averages: all or none. ``outbox_oldest_age_s`` is given exactly when the
-    outbox is not empty.
+    the three load averages: all or none, and so do ``outbox_bytes`` and
+    ``outbox_max_bytes``. ``outbox_oldest_age_s`` is given exactly when the outbox is not
+    empty.
     """
 
     gateway_id: bytes
@@ -228,6 +234,8 @@ class Health:
     outbox_oldest_age_s: int | None = None
     outbox_evicted: int = 0
     reconnects: int = 0
+    outbox_bytes: int | None = None
+    outbox_max_bytes: int | None = None
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -329,6 +337,13 @@ def _content(health: Health) -> dict[object, object]:
         content[K_RADIO] = [_uint(getattr(radio, name), "radio." + name) for name in _RADIO_FIELDS]
     if health.backhaul_rtt_ms is not None:
         content[K_BACKHAUL_RTT] = _uint(health.backhaul_rtt_ms, "backhaul_rtt_ms")
+    if (health.outbox_bytes is None) != (health.outbox_max_bytes is None):
+        raise SchemaError("outbox_bytes and outbox_max_bytes go together")
+    if health.outbox_bytes is not None:
+        content[K_OUTBOX_SIZE] = [
+            _uint(health.outbox_bytes, "outbox_bytes"),
+            _uint(health.outbox_max_bytes, "outbox_max_bytes"),
+        ]
     age = health.outbox_oldest_age_s
     if (age is None) != (depth == 0):
         raise SchemaError(
@@ -440,7 +455,7 @@ def decode_health(data: bytes) -> Health:
     for key in content:
         if type(key) is not int or key not in KEY_NAMES:
             raise SchemaError(
-                "unknown health key " + repr(key) + " (version 1 defines keys 0 .. 20)"
+                "unknown health key " + repr(key) + " (version 1 defines keys 0 .. 21)"
             )
     for key in REQUIRED_KEYS:
         if key not in content:
@@ -504,6 +519,10 @@ def decode_health(data: bytes) -> Health:
         fields["backhaul_rtt_ms"] = _get_uint(content, K_BACKHAUL_RTT)
     if K_OUTBOX_OLDEST_AGE in content:
         fields["outbox_oldest_age_s"] = _get_uint(content, K_OUTBOX_OLDEST_AGE)
+    if K_OUTBOX_SIZE in content:
+        fields["outbox_bytes"], fields["outbox_max_bytes"] = _get_uints(
+            content, K_OUTBOX_SIZE, 2, _U64_END
+        )
     if (K_OUTBOX_OLDEST_AGE in content) != (fields["outbox_depth"] != 0):
         raise SchemaError(
             "outbox_oldest_age_s (key 18) must be present exactly when outbox_depth (key 17) "
@@ -573,6 +592,9 @@ def describe_health(data: bytes) -> dict[str, object]:
             "depth": health.outbox_depth,
             "oldest_age_s": health.outbox_oldest_age_s,
             "evicted": health.outbox_evicted,
+            "bytes": health.outbox_bytes,
+            "max_bytes": health.outbox_max_bytes,
+            "used_pct": _percent(health.outbox_bytes, health.outbox_max_bytes),
         },
         "reconnects": health.reconnects,
         "size_bytes": len(raw),

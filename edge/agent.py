@@ -46,7 +46,7 @@ import os
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -67,15 +67,16 @@ from ..codecs.health import RadioCounters as HealthRadioCounters
 from ..codecs.node.telemetry import Reading
 from ..codecs.sealed import DeviceSession, open_session
 from ..codecs.signed import sign, verify
-from .batcher import Batcher
+from .backends import make_radio, make_wired_bus
+from .batcher import Batcher, SealedBatch
 from .config import EdgeConfig, GatewayKeys, load_keys
 from .errors import EdgeError, RadioError
 from .health import AgentFigures, HealthSources, collect_health
 from .lorawan_proc import JoinRequestForward, LorawanProcessor, join_accept_tx
-from .radio import RadioCounters
-from .serial_backend import SerialConcentrator
+from .radio import RadioBackend, RadioCounters
 from .state import OutboxEntry, StateDb
 from .uplink import TOPIC_PREFIX, Uplink, backoff_delay_s
+from .wired import WiredBus
 
 __all__ = ["AgentCounters", "EdgeAgent"]
 
@@ -102,6 +103,16 @@ STATUS_INTERVAL_S: Final = 10.0
 #: How often the readiness check looks at the radio once the sessions are in.
 _READY_POLL_S: Final = 0.05
 _TOKEN_MAX: Final = 0xFFFF
+#: A supervised loop that fails is started again after a backoff (full jitter) from this up
+#: to the cap; one that ran this long before failing starts again from the shortest delay.
+LOOP_BACKOFF_BASE_S: Final = 0.5
+LOOP_BACKOFF_CAP_S: Final = 30.0
+LOOP_STABLE_S: Final = 60.0
+#: The watchdog (systemd's, through :meth:`EdgeAgent.watchdog_ok`) counts the agent stuck
+#: when the status loop has not run for this many of its intervals, or the uplink is
+#: connected with data waiting and has published nothing for :data:`UPLINK_STALL_S`.
+WATCHDOG_MISSED_INTERVALS: Final = 3
+UPLINK_STALL_S: Final = 120.0
 
 
 def _agent_version() -> str:
@@ -124,7 +135,9 @@ class AgentCounters:
     with at least one); ``sessions_installed`` / ``sessions_removed``: from them and from join
     answers;
     ``control_rejected``: control messages dropped (bad signature, malformed, unknown token);
-    ``health_published``: health messages the broker acknowledged.
+    ``health_published``: health messages the broker acknowledged;
+    ``wired_readings``: readings received from wired nodes (they count in ``readings`` too,
+    once sealed); ``loop_restarts``: supervised loops that failed and were started again.
     """
 
     readings: int = 0
@@ -139,6 +152,8 @@ class AgentCounters:
     sessions_removed: int = 0
     control_rejected: int = 0
     health_published: int = 0
+    wired_readings: int = 0
+    loop_restarts: int = 0
 
 
 class _Outbox:
@@ -153,8 +168,8 @@ class _Outbox:
     def pending(self, limit: int) -> list[OutboxEntry]:
         return self._state.pending(limit, live_first=True)
 
-    def ack(self, entry_id: int) -> None:
-        self._state.ack(entry_id)
+    def ack_many(self, entry_ids: Sequence[int]) -> None:
+        self._state.ack_many(entry_ids)
 
     def depth(self) -> int:
         return self._state.depth
@@ -205,7 +220,14 @@ class EdgeAgent:
         # Set while run() is inside its resources; None otherwise.
         self._processor: LorawanProcessor | None = None
         self._batcher: Batcher | None = None
-        self._radio: SerialConcentrator | None = None
+        self._radio: RadioBackend | None = None
+        self._wired: WiredBus | None = None
+        self._wired_batcher: Batcher | None = None
+        self._wired_started = asyncio.Event()
+        self._loop_restarts: dict[str, int] = {}
+        # When the status loop last ran, and when the uplink last made progress (monotonic).
+        self._status_beat = time.monotonic()
+        self._uplink_beat = (time.monotonic(), 0)
         self._uplink: Uplink | None = None
         self._state: StateDb | None = None
         self._session_keys: dict[bytes, tuple[int, bytes, bytes]] = {}
@@ -270,18 +292,6 @@ class EdgeAgent:
                 for stored in state.sessions()
             }
             log.info("gateway %s: %d device sessions loaded", self.gateway_id.hex(), loaded)
-            batcher = Batcher(
-                state,
-                keys.identity,
-                self.gateway_id,
-                max_readings=config.batch.max_readings,
-                max_age_s=config.batch.max_age_s,
-            )
-            radio = SerialConcentrator(
-                port=config.radio.port,
-                radio_config=config.radio.radio_config(config.radio_config_id()),
-                baudrate=config.radio.baudrate,
-            )
             uplink = Uplink(
                 _Outbox(state),
                 self.gateway_id,
@@ -290,36 +300,83 @@ class EdgeAgent:
                 keepalive_s=config.mqtt.keepalive_s,
                 announce_gate=self._control_gate,
             )
+
+            def backhaul_up() -> bool:
+                # A batch sealed while this is False is marked delayed (and sent after live
+                # ones once the backhaul is back).
+                return uplink.connected
+
+            batcher = Batcher(
+                state,
+                keys.identity,
+                self.gateway_id,
+                max_readings=config.batch.max_readings,
+                max_age_s=config.batch.max_age_s,
+                backhaul=backhaul_up,
+            )
+            radio = make_radio(config)
+            wired = make_wired_bus(config, state.node_seqs())
+            wired_batcher = (
+                None
+                if wired is None
+                else Batcher(
+                    state,
+                    keys.identity,
+                    self.gateway_id,
+                    max_readings=config.batch.max_readings,
+                    max_age_s=config.batch.max_age_s,
+                    backhaul=backhaul_up,
+                    counters="node_seq",
+                )
+            )
             self._state, self._processor, self._batcher = state, processor, batcher
             self._radio, self._uplink = radio, uplink
+            self._wired, self._wired_batcher = wired, wired_batcher
             try:
-                async with uplink, radio:
+                async with contextlib.AsyncExitStack() as stack:
+                    await stack.enter_async_context(uplink)
+                    await stack.enter_async_context(radio)
+                    if wired is not None:
+                        await stack.enter_async_context(wired)
                     await self._supervise(keys, radio, uplink, processor, batcher, state)
             finally:
                 self._state = self._processor = self._batcher = None
                 self._radio = self._uplink = None
+                self._wired = self._wired_batcher = None
 
     async def _supervise(
         self,
         keys: GatewayKeys,
-        radio: SerialConcentrator,
+        radio: RadioBackend,
         uplink: Uplink,
         processor: LorawanProcessor,
         batcher: Batcher,
         state: StateDb,
     ) -> None:
-        tasks = [
-            asyncio.create_task(self._receive(radio, uplink, processor, batcher), name="receive"),
-            asyncio.create_task(self._seal_on_age(uplink, batcher), name="seal timer"),
-            asyncio.create_task(self._send_joins(keys, uplink), name="join sender"),
-            asyncio.create_task(self._control(keys, radio, processor, batcher), name="control"),
-            asyncio.create_task(self._report_health(keys, radio, uplink, state), name="health"),
-            asyncio.create_task(self._announce_ready(radio), name="readiness"),
-            asyncio.create_task(self._write_status_every(radio, uplink, state), name="status"),
+        loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+            ("receive", lambda: self._receive(radio, uplink, processor, batcher)),
+            ("seal timer", lambda: self._seal_on_age(uplink, batcher, self._batch_started)),
+            ("join sender", lambda: self._send_joins(keys, uplink)),
+            ("control", lambda: self._control(keys, radio, processor, batcher)),
+            ("health", lambda: self._report_health(keys, radio, uplink, state)),
+            ("status", lambda: self._write_status_every(radio, uplink, state)),
         ]
+        wired, wired_batcher = self._wired, self._wired_batcher
+        if wired is not None and wired_batcher is not None:
+            loops += [
+                ("wired receive", lambda: self._receive_wired(wired, wired_batcher, uplink)),
+                (
+                    "wired seal timer",
+                    lambda: self._seal_on_age(uplink, wired_batcher, self._wired_started),
+                ),
+            ]
+        tasks = [
+            asyncio.create_task(self._supervised(name, loop), name=name) for name, loop in loops
+        ]
+        tasks.append(asyncio.create_task(self._announce_ready(radio), name="readiness"))
         stopper = asyncio.create_task(self._stop.wait(), name="stop")
         try:
-            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (*tasks, stopper):
                 task.cancel()
@@ -329,19 +386,45 @@ class EdgeAgent:
             await self._shut_down(uplink, batcher)
             self._write_status(radio, uplink, state)
         for task in tasks:
-            if task in done and not task.cancelled():
-                # A task ended by itself: that is a bug or a dead resource; let run() fail.
+            if task.done() and not task.cancelled():
+                # Only the readiness task can end by itself, and only with an error (a bug).
                 error = task.exception()
                 if error is not None:
                     raise error
 
+    async def _supervised(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``loop`` for good: when it fails (or ends, which it should never do), log it
+        with its traceback, count it, and start it again after a backoff, while the other
+        loops go on. A loop that ran :data:`LOOP_STABLE_S` starts again from the shortest
+        delay."""
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await loop()
+                problem = "ended by itself"
+            except Exception as err:  # the supervisor's job: any failure of the loop
+                problem = f"failed: {type(err).__name__}: {err}"
+                log.error("%s loop %s", name, problem, exc_info=err)
+            self.counters.loop_restarts += 1
+            self._loop_restarts[name] = self._loop_restarts.get(name, 0) + 1
+            if time.monotonic() - started >= LOOP_STABLE_S:
+                attempt = 0
+            delay_s = backoff_delay_s(attempt, LOOP_BACKOFF_BASE_S, LOOP_BACKOFF_CAP_S, self._rng)
+            attempt += 1
+            log.warning("%s loop %s; restarting it in %.2f s", name, problem, delay_s)
+            await asyncio.sleep(delay_s)
+
     async def _shut_down(self, uplink: Uplink, batcher: Batcher) -> None:
-        try:
-            self._seal(batcher, uplink)
-        except OwlgateError as err:
-            log.error(
-                "the last batch could not be written (%d readings lost): %s", len(batcher), err
-            )
+        for held in (batcher, self._wired_batcher):
+            if held is None:
+                continue
+            try:
+                self._seal(held, uplink)
+            except OwlgateError as err:
+                log.error(
+                    "the last batch could not be written (%d readings lost): %s", len(held), err
+                )
         # Bounded: a backhaul that is down must not keep the agent from stopping.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SHUTDOWN_DRAIN_S):
@@ -357,12 +440,20 @@ class EdgeAgent:
     def _seal(self, batcher: Batcher, uplink: Uplink) -> None:
         sealed = batcher.seal(self._clock())
         if sealed is not None:
-            self.counters.readings += sealed.count
-            uplink.notify()
+            self._sealed(batcher, sealed, uplink)
+
+    def _sealed(self, batcher: Batcher, sealed: SealedBatch, uplink: Uplink) -> None:
+        self.counters.readings += sealed.count
+        uplink.notify()
+        wired = self._wired
+        if wired is not None and batcher is self._wired_batcher:
+            # Only now, with the batch in the outbox, may the nodes forget these readings.
+            for dev_eui, seq in sealed.counters.items():
+                wired.commit(dev_eui, seq)
 
     async def _receive(
         self,
-        radio: SerialConcentrator,
+        radio: RadioBackend,
         uplink: Uplink,
         processor: LorawanProcessor,
         batcher: Batcher,
@@ -392,8 +483,23 @@ class EdgeAgent:
             else:
                 counters.rejected += 1
 
-    async def _seal_on_age(self, uplink: Uplink, batcher: Batcher) -> None:
-        started = self._batch_started
+    async def _receive_wired(self, wired: WiredBus, batcher: Batcher, uplink: Uplink) -> None:
+        started = self._wired_started
+        async for reading in wired.readings():
+            now = self._clock()
+            self.counters.wired_readings += 1
+            try:
+                sealed = batcher.add(reading, now)
+            except OwlgateError as err:
+                # Held, and not committed: the node keeps its copy until a seal succeeds.
+                log.error("writing a wired telemetry batch failed, will retry: %s", err)
+                continue
+            if sealed is not None:
+                self._sealed(batcher, sealed, uplink)
+            elif len(batcher) == 1:
+                started.set()
+
+    async def _seal_on_age(self, uplink: Uplink, batcher: Batcher, started: asyncio.Event) -> None:
         while True:
             due_at = batcher.next_due_at()
             if due_at is None:
@@ -447,7 +553,7 @@ class EdgeAgent:
     async def _control(
         self,
         keys: GatewayKeys,
-        radio: SerialConcentrator,
+        radio: RadioBackend,
         processor: LorawanProcessor,
         batcher: Batcher,
     ) -> None:
@@ -547,7 +653,7 @@ class EdgeAgent:
     async def _on_join_answer(
         self,
         keys: GatewayKeys,
-        radio: SerialConcentrator,
+        radio: RadioBackend,
         processor: LorawanProcessor,
         batcher: Batcher,
         data: bytes,
@@ -641,7 +747,7 @@ class EdgeAgent:
 
     # --- readiness and status -------------------------------------------------------------
 
-    async def _announce_ready(self, radio: SerialConcentrator) -> None:
+    async def _announce_ready(self, radio: RadioBackend) -> None:
         await self._sessions_received.wait()
         # The radio has no "configured" event of its own; this runs once, at start.
         while not radio.status.connected:  # noqa: ASYNC110
@@ -659,13 +765,47 @@ class EdgeAgent:
         await self._stop.wait()
 
     async def _write_status_every(
-        self, radio: SerialConcentrator, uplink: Uplink, state: StateDb
+        self, radio: RadioBackend, uplink: Uplink, state: StateDb
     ) -> None:
         while True:
+            self._status_beat = time.monotonic()
             await asyncio.sleep(STATUS_INTERVAL_S)
             self._write_status(radio, uplink, state)
 
-    def status(self, radio: SerialConcentrator, uplink: Uplink, state: StateDb) -> dict[str, Any]:
+    def watchdog_ok(self) -> bool:
+        """False when the agent is stuck, so the service manager's watchdog restarts it: the
+        status loop has not run for :data:`WATCHDOG_MISSED_INTERVALS` intervals (the event
+        loop or the supervisor is blocked), or the uplink is connected with data waiting and
+        has published nothing for :data:`UPLINK_STALL_S`. True while not running."""
+        now = time.monotonic()
+        if not self._running:
+            return True
+        if now - self._status_beat > WATCHDOG_MISSED_INTERVALS * STATUS_INTERVAL_S:
+            log.error("watchdog: the status loop last ran %.0f s ago", now - self._status_beat)
+            return False
+        uplink, state = self._uplink, self._state
+        if uplink is None or state is None:
+            return True
+        since, published = self._uplink_beat
+        if published != uplink.published or not uplink.connected or state.depth == 0:
+            self._uplink_beat = (now, uplink.published)
+            return True
+        if now - since > UPLINK_STALL_S:
+            log.error(
+                "watchdog: the uplink is connected with %d messages waiting and has published"
+                " nothing for %.0f s",
+                state.depth,
+                now - since,
+            )
+            return False
+        return True
+
+    @property
+    def outbox_depth(self) -> int | None:
+        """Messages waiting in the outbox while running (None otherwise)."""
+        return None if self._state is None else self._state.depth
+
+    def status(self, radio: RadioBackend, uplink: Uplink, state: StateDb) -> dict[str, Any]:
         """What ``status.json`` holds: the agent's, the radio's, the LoRaWAN processor's, the
         uplink's and the outbox's counters now."""
         now = self._clock()
@@ -678,7 +818,12 @@ class EdgeAgent:
             "config_hash": self.config.sha256.hex(),
             "ready": self.ready.is_set(),
             "agent": asdict(self.counters),
-            "radio": {"port": radio.status.port, "connected": radio.status.connected}
+            "radio": {
+                "backend": self.config.radio.backend,
+                "port": radio.status.port,
+                "connected": radio.status.connected,
+                "last_error": radio.status.last_error,
+            }
             | asdict(radio.counters),
             "lorawan": {}
             if processor is None
@@ -693,12 +838,38 @@ class EdgeAgent:
             "control": {"connected": self.control_connected},
             "outbox": {
                 "depth": outbox.depth,
+                "bytes": outbox.bytes,
+                "max_bytes": outbox.max_bytes,
+                "warning": outbox.warning,
                 "oldest_age_s": outbox.oldest_age_s,
                 "evicted": outbox.evicted,
+                "evicted_bytes": outbox.evicted_bytes,
+                "held_dropped": self._held_dropped(),
             },
+            "loops": {"restarts": dict(self._loop_restarts)},
+            "wired": self._wired_status(),
         }
 
-    def _write_status(self, radio: SerialConcentrator, uplink: Uplink, state: StateDb) -> None:
+    def _held_dropped(self) -> int:
+        return sum(
+            batcher.dropped
+            for batcher in (self._batcher, self._wired_batcher)
+            if batcher is not None
+        )
+
+    def _wired_status(self) -> dict[str, Any] | None:
+        wired = self._wired
+        if wired is None:
+            return None
+        return {
+            "port": wired.status.port,
+            "connected": wired.status.connected,
+            "last_error": wired.status.last_error,
+            "counters": asdict(wired.counters),
+            "nodes": [asdict(node) | {"dev_eui": node.dev_eui.hex()} for node in wired.nodes()],
+        }
+
+    def _write_status(self, radio: RadioBackend, uplink: Uplink, state: StateDb) -> None:
         path = Path(self.config.gateway.state_dir) / STATUS_FILE
         partial = path.with_name(path.name + ".partial")
         try:
@@ -711,7 +882,7 @@ class EdgeAgent:
     # --- health -------------------------------------------------------------------------------
 
     async def _report_health(
-        self, keys: GatewayKeys, radio: SerialConcentrator, uplink: Uplink, state: StateDb
+        self, keys: GatewayKeys, radio: RadioBackend, uplink: Uplink, state: StateDb
     ) -> None:
         interval_s = self.config.health.interval_s
         while True:
@@ -720,7 +891,7 @@ class EdgeAgent:
             if await uplink.publish_now(HEALTH_TOPIC, payload):
                 self.counters.health_published += 1
 
-    async def _health(self, radio: SerialConcentrator, uplink: Uplink, state: StateDb) -> Health:
+    async def _health(self, radio: RadioBackend, uplink: Uplink, state: StateDb) -> Health:
         now = self._clock()
         outbox = state.stats(now)
         counters = radio.counters
@@ -742,6 +913,8 @@ class EdgeAgent:
             outbox_depth=outbox.depth,
             outbox_oldest_age_s=None if outbox.oldest_age_s is None else int(outbox.oldest_age_s),
             outbox_evicted=outbox.evicted,
+            outbox_bytes=outbox.bytes,
+            outbox_max_bytes=outbox.max_bytes,
             reconnects=uplink.reconnects + counters.reconnects,
         )
         self._health_seq += 1

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key, l
 
 from ..codecs.concentrator import Channel, RadioConfig
 from .errors import ConfigError
+from .wired import WiredBusError, WiredNodeSpec
 
 __all__ = [
     "DEFAULT_CHANNELS",
@@ -40,6 +41,8 @@ __all__ = [
     "MqttSettings",
     "OutboxSettings",
     "RadioSettings",
+    "WiredNodeSettings",
+    "WiredSettings",
     "load_config",
     "load_keys",
 ]
@@ -67,8 +70,20 @@ DEFAULT_MAX_READINGS: Final = 100
 #: so the age, not the size, bounds the wait: 100 ms leaves 150 ms for the seal (one fsync)
 #: and the QoS 1 publish, and costs about ten small batches a second.
 DEFAULT_MAX_AGE_S: Final = 0.1
-DEFAULT_OUTBOX_MB: Final = 64.0
+DEFAULT_OUTBOX_MB: Final = 256.0
 DEFAULT_HEALTH_INTERVAL_S: Final = 30
+#: The radio backends ``[radio] backend`` names.
+RADIO_BACKENDS: Final = ("serial", "rak3172", "semtech-udp")
+#: The Semtech UDP packet forwarder's usual port (its ``serv_port_up``/``serv_port_down``).
+DEFAULT_UDP_PORT: Final = 1700
+DEFAULT_UDP_HOST: Final = "127.0.0.1"
+DEFAULT_WIRED_POLL_S: Final = 5.0
+DEFAULT_WIRED_TIMEOUT_S: Final = 0.5
+DEFAULT_WIRED_SILENT_AFTER: Final = 3
+#: The RAK3172's lowest transmit power (RUI3 ``AT+P2P`` accepts 5 .. 22 dBm).
+RAK3172_TX_POWER_MIN_DBM: Final = 5
+#: Wired node addresses, as on a Modbus line: 1 .. 247.
+WIRED_ADDRESS_MAX: Final = 247
 _MIB: Final = 1024 * 1024
 _GATEWAY_ID: Final = re.compile(r"[0-9a-f]{16}")
 
@@ -92,12 +107,30 @@ class GatewaySettings:
 
 @dataclass(frozen=True, slots=True)
 class RadioSettings:
-    """``[radio]``: the concentrator and its channel plan (EU868)."""
+    """``[radio]``: the radio backend and its channel plan (EU868).
+
+    ``backend`` is one of :data:`RADIO_BACKENDS`. ``port`` and ``baudrate`` are the serial
+    line of ``serial`` and ``rak3172`` (``port`` is empty for ``semtech-udp``); ``listen_host``
+    and ``listen_port`` the UDP address ``semtech-udp`` binds, ``gateway_eui`` the packet
+    forwarder it accepts (None: the first one heard). ``rak3172`` receives on one channel with
+    one spreading factor: ``channels`` then holds exactly that.
+    """
 
     backend: str
     port: str
     baudrate: int
     channels: tuple[Channel, ...] = DEFAULT_CHANNELS
+    tx_power_dbm: int = EU868_TX_POWER_MAX_DBM
+    listen_host: str = DEFAULT_UDP_HOST
+    listen_port: int = DEFAULT_UDP_PORT
+    gateway_eui: bytes | None = None
+
+    @property
+    def where(self) -> str:
+        """Where the radio is, for log lines: the serial port or the UDP address."""
+        if self.backend == "semtech-udp":
+            return f"udp://{self.listen_host}:{self.listen_port}"
+        return self.port
 
     def radio_config(self, config_id: int = 1) -> RadioConfig:
         """The concentrator's ``RADIO_CONFIG`` for this plan (the backend sets the token)."""
@@ -148,6 +181,28 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WiredNodeSettings:
+    """One ``[[wired.nodes]]`` entry: the node's bus address, its DevEUI, and the settings
+    the gateway gives it (None: leave the node's own)."""
+
+    address: int
+    dev_eui: bytes
+    settings: tuple[tuple[str, int | float | bool], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WiredSettings:
+    """``[wired]``: wired sensor nodes on a UART or RS-485 line (wired protocol v1)."""
+
+    port: str
+    baudrate: int = DEFAULT_BAUDRATE
+    poll_interval_s: float = DEFAULT_WIRED_POLL_S
+    response_timeout_s: float = DEFAULT_WIRED_TIMEOUT_S
+    silent_after_polls: int = DEFAULT_WIRED_SILENT_AFTER
+    nodes: tuple[WiredNodeSettings, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeConfig:
     """The whole configuration; ``path`` is the file it came from and ``sha256`` the hash of
     its bytes (the health message reports it, so the fleet sees which file a gateway runs)."""
@@ -160,6 +215,7 @@ class EdgeConfig:
     batch: BatchSettings = field(default_factory=BatchSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    wired: WiredSettings | None = None
 
     def radio_config_id(self) -> int:
         """A ``RADIO_CONFIG`` id derived from the file (1 .. 2**32-1), so the concentrator's
@@ -285,17 +341,53 @@ def _channel(section: _Section, index: int, item: object) -> Channel:
     return Channel(frequency_hz=frequency, bandwidth_hz=bandwidth, spreading_factors=sfs)
 
 
-def _radio(section: _Section) -> RadioSettings:
-    backend = section.text("backend", "serial")
-    if backend != "serial":
-        raise section.fail(
-            "backend", f'must be "serial" (the only backend so far), got {_show(backend)}'
-        )
+def _serial_port(section: _Section) -> str:
     port = section.text("port")
     if "://" not in port:
         # A device path; a pyserial URL (rfc2217://, socket://, ...) is kept as it is.
         port = str(section.folder / Path(port).expanduser())
-    baudrate = section.integer("baudrate", 1200, 4_000_000, DEFAULT_BAUDRATE)
+    return port
+
+
+def _eui(value: object) -> bytes | None:
+    if isinstance(value, str) and _GATEWAY_ID.fullmatch(value):
+        return bytes.fromhex(value)
+    return None
+
+
+def _radio(section: _Section) -> RadioSettings:
+    backend = section.text("backend", "serial")
+    if backend not in RADIO_BACKENDS:
+        choices = ", ".join(f'"{name}"' for name in RADIO_BACKENDS)
+        raise section.fail("backend", f"must be one of {choices}, got {_show(backend)}")
+    port = ""
+    baudrate = DEFAULT_BAUDRATE
+    listen_host, listen_port = DEFAULT_UDP_HOST, DEFAULT_UDP_PORT
+    gateway_eui: bytes | None = None
+    if backend == "semtech-udp":
+        for key in ("port", "baudrate"):
+            if section.pop_raw(key) is not None:
+                raise section.fail(key, 'is for serial backends; "semtech-udp" uses listen')
+        listen_host, listen_port = section.take(
+            "listen",
+            _host_port,
+            'a "host:port" UDP address, e.g. "127.0.0.1:1700"',
+            (DEFAULT_UDP_HOST, DEFAULT_UDP_PORT),
+        )
+        raw_eui = section.pop_raw("gateway_eui")
+        if raw_eui is not None:
+            gateway_eui = _eui(raw_eui)
+            if gateway_eui is None:
+                raise section.fail(
+                    "gateway_eui", f"must be 16 lowercase hex digits, got {_show(raw_eui)}"
+                )
+    else:
+        for key in ("listen", "gateway_eui"):
+            if section.pop_raw(key) is not None:
+                raise section.fail(key, f'is for "semtech-udp", not "{backend}"')
+        port = _serial_port(section)
+        baudrate = section.integer("baudrate", 1200, 4_000_000, DEFAULT_BAUDRATE)
+    tx_power = section.integer("tx_power_dbm", 0, EU868_TX_POWER_MAX_DBM, EU868_TX_POWER_MAX_DBM)
     channels: tuple[Channel, ...] = DEFAULT_CHANNELS
     raw = section.pop_raw("channels")
     if raw is not None:
@@ -307,8 +399,103 @@ def _radio(section: _Section) -> RadioSettings:
         frequencies = [channel.frequency_hz for channel in channels]
         if len(set(frequencies)) != len(frequencies):
             raise section.fail("channels", "two channels share a frequency")
+    if backend == "rak3172":
+        if tx_power < RAK3172_TX_POWER_MIN_DBM:
+            raise section.fail(
+                "tx_power_dbm",
+                f"the RAK3172 transmits at {RAK3172_TX_POWER_MIN_DBM} dBm or more, got {tx_power}",
+            )
+        if raw is None:
+            # One channel of the default plan, at the fastest rate: a single-channel radio
+            # hears only devices set to exactly this.
+            channels = (
+                Channel(
+                    frequency_hz=DEFAULT_CHANNELS[0].frequency_hz,
+                    bandwidth_hz=125_000,
+                    spreading_factors=(7,),
+                ),
+            )
+        elif len(channels) != 1 or len(channels[0].spreading_factors) != 1:
+            raise section.fail(
+                "channels",
+                'the "rak3172" backend receives on one channel with one spreading factor:'
+                " give exactly one channel with spreading_factors = [N]",
+            )
     section.done()
-    return RadioSettings(backend, port, baudrate, channels)
+    return RadioSettings(
+        backend,
+        port,
+        baudrate,
+        channels,
+        tx_power_dbm=tx_power,
+        listen_host=listen_host,
+        listen_port=listen_port,
+        gateway_eui=gateway_eui,
+    )
+
+
+def _host_port(value: object) -> tuple[str, int] | None:
+    if not isinstance(value, str):
+        return None
+    host, colon, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port_text.isdigit():
+        return None
+    port = int(port_text)
+    return (host, port) if 0 < port < 65536 else None
+
+
+def _wired_settings(value: object) -> tuple[tuple[str, int | float | bool], ...] | None:
+    if not isinstance(value, dict) or not value:
+        return None
+    items: list[tuple[str, int | float | bool]] = []
+    for key, item in sorted(value.items()):
+        if not isinstance(item, bool | int | float):
+            return None
+        items.append((key, item))
+    return tuple(items)
+
+
+def _wired(section: _Section) -> WiredSettings:
+    port = _serial_port(section)
+    baudrate = section.integer("baudrate", 1200, 4_000_000, DEFAULT_BAUDRATE)
+    poll = section.number("poll_interval_s", 0.0, 3600.0, DEFAULT_WIRED_POLL_S)
+    timeout = section.number("response_timeout_s", 0.0, 10.0, DEFAULT_WIRED_TIMEOUT_S)
+    silent = section.integer("silent_after_polls", 1, 1000, DEFAULT_WIRED_SILENT_AFTER)
+    raw = section.pop_raw("nodes")
+    if not isinstance(raw, list) or not 1 <= len(raw) <= WIRED_ADDRESS_MAX:
+        raise section.fail(
+            "nodes", f"must be an array of 1..{WIRED_ADDRESS_MAX} tables, got {_show(raw)}"
+        )
+    nodes: list[WiredNodeSettings] = []
+    for index, item in enumerate(raw):
+        sub = _Section(section.file, section.folder, section.name, item, f"nodes[{index}].")
+        address = sub.integer("address", 1, WIRED_ADDRESS_MAX)
+        dev_eui = sub.take("dev_eui", _eui, "16 lowercase hex digits (an EUI-64)", None)
+        settings = None
+        raw_settings = sub.pop_raw("settings")
+        if raw_settings is not None:
+            settings = _wired_settings(raw_settings)
+            if settings is None:
+                raise sub.fail(
+                    "settings",
+                    f"must be a non-empty table of numbers and booleans, got {_show(raw_settings)}",
+                )
+        sub.done()
+        try:
+            # The bus refuses settings the wired protocol cannot carry: refuse them here.
+            WiredNodeSpec(address, dev_eui, None if settings is None else dict(settings))
+        except WiredBusError as err:
+            raise sub.fail("settings", err.message) from err
+        nodes.append(WiredNodeSettings(address, dev_eui, settings))
+    addresses = [node.address for node in nodes]
+    if len(set(addresses)) != len(addresses):
+        raise section.fail("nodes", "two nodes share an address")
+    euis = [node.dev_eui for node in nodes]
+    if len(set(euis)) != len(euis):
+        raise section.fail("nodes", "two nodes share a dev_eui")
+    section.done()
+    return WiredSettings(port, baudrate, poll, timeout, silent, tuple(nodes))
 
 
 def _mqtt(section: _Section) -> MqttSettings:
@@ -348,7 +535,7 @@ def load_config(path: Path | str) -> EdgeConfig:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(file, None, None, f"not valid TOML: {err}") from err
     folder = source.resolve().parent
-    known = ("gateway", "radio", "mqtt", "batch", "outbox", "health")
+    known = ("gateway", "radio", "mqtt", "batch", "outbox", "health", "wired")
     unknown = sorted(name for name in document if name not in known)
     if unknown:
         raise ConfigError(file, unknown[0], None, f"unknown section (known: {', '.join(known)})")
@@ -394,6 +581,7 @@ def load_config(path: Path | str) -> EdgeConfig:
         health_section.integer("interval_s", 1, 86_400, DEFAULT_HEALTH_INTERVAL_S)
     )
     health_section.done()
+    wired = _wired(section("wired")) if "wired" in document else None
     return EdgeConfig(
         path=source,
         sha256=hashlib.sha256(data).digest(),
@@ -403,6 +591,7 @@ def load_config(path: Path | str) -> EdgeConfig:
         batch=batch,
         outbox=outbox,
         health=health,
+        wired=wired,
     )
 
 

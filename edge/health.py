@@ -69,6 +69,8 @@ class AgentFigures:
     outbox_depth: int = 0
     outbox_oldest_age_s: int | None = None
     outbox_evicted: int = 0
+    outbox_bytes: int | None = None
+    outbox_max_bytes: int | None = None
     reconnects: int = 0
 
 
@@ -205,6 +207,8 @@ def collect_health(
         # The format wants the age exactly when the outbox is not empty.
         outbox_oldest_age_s=(agent.outbox_oldest_age_s or 0) if agent.outbox_depth > 0 else None,
         outbox_evicted=agent.outbox_evicted,
+        outbox_bytes=agent.outbox_bytes,
+        outbox_max_bytes=agent.outbox_max_bytes,
         reconnects=agent.reconnects,
     )
 

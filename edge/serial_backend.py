@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import random
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -68,6 +69,9 @@ OPEN_TIMEOUT_S: Final = 5.0
 #: the 10 s retry of an unreachable concentrator in section "Sequences".
 RECONNECT_INITIAL_S: Final = 0.5
 RECONNECT_MAX_S: Final = 10.0
+#: While the device path is absent (USB unplugged), look for it this often, and open it as
+#: soon as it is back: the backoff is for a device that is there but failing.
+PORT_POLL_S: Final = 0.1
 #: Received packets held for a slow consumer before new ones are dropped (and counted).
 MAX_QUEUED_FRAMES: Final = 1024
 
@@ -298,6 +302,13 @@ class SerialConcentrator(RadioBackend):
                 reason = "the port closed"
             except (OSError, RadioError) as err:
                 reason = getattr(err, "message", None) or str(err) or type(err).__name__
+            except Exception as err:
+                # A bug, not the device: logged with its traceback, then handled as a lost
+                # connection, so the backend reconnects instead of going silent for good.
+                reason = f"{type(err).__name__}: {err}"
+                log.error(
+                    "concentrator on %s: session failed: %s", self._port, reason, exc_info=err
+                )
             was_connected = self._connected.is_set()
             self._set_connected(False)
             self._last_error = reason
@@ -316,10 +327,20 @@ class SerialConcentrator(RadioBackend):
                 self._failure_logged = True
             else:
                 log.debug("concentrator on %s still unavailable: %s", self._port, reason)
+            if self._port_absent():
+                # Unplugged: wait for the device node to come back, then open it at once.
+                # A device node has no event to wait on (without inotify): poll its path.
+                while self._port_absent():  # noqa: ASYNC110
+                    await asyncio.sleep(PORT_POLL_S)
+                continue
             # Equal jitter: half the delay fixed, half random, so gateways that lost power
             # together do not retry in step, and no retry comes sooner than half the delay.
             await asyncio.sleep(delay_s / 2 + self._rng.uniform(0, delay_s / 2))
             delay_s = min(delay_s * 2, self._reconnect_max_s)
+
+    def _port_absent(self) -> bool:
+        """A device path (not a pyserial URL) that does not exist now."""
+        return "://" not in self._port and not os.path.exists(self._port)
 
     async def _session(self) -> None:
         """One connection: open, handshake, read until the port goes away."""

@@ -6,6 +6,9 @@ What it keeps, and why here:
   with the last uplink frame counter the agent has *stored a reading for*, so a restart does
   not re-open replays (LoRaWAN 1.0.3 section 4.3.1.5).
 * ``meta``: small counters: the telemetry batch sequence number and the outbox evictions.
+* ``node_seq``: for each wired sensor node, the last reading sequence number stored, advanced
+  in the same transaction as the batch (a node re-sends what it was not told is stored, and
+  these numbers drop the copies).
 * ``outbox``: signed telemetry waiting for the backhaul. A reading counts as received once
   its batch is in this table; the frame counters it covers are advanced in the *same*
   transaction (:meth:`StateDb.put`), so a stored frame can never be accepted again, and a
@@ -21,6 +24,9 @@ checkpoint or a reader (the CLI, a backup) instead of failing with "database is 
 
 The outbox is bounded (``max_outbox_bytes``): a new entry evicts the oldest ones first, and
 every eviction is counted (``meta``), because silently dropping data is worse than dropping it.
+At :data:`OUTBOX_WARN_FRACTION` of the bound it warns first. A file system that fills up before
+the bound (an SD card shared with logs) is handled the same way: the oldest entries make room,
+counted as evictions, instead of the write failing over and over.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +57,21 @@ _log = logging.getLogger(__name__)
 
 #: The database's file name inside the gateway's state directory.
 STATE_FILE: Final = "agent.sqlite3"
-#: Outbox bound by default: 64 MiB holds days of telemetry on an SD card that has gigabytes.
-DEFAULT_MAX_OUTBOX_BYTES: Final = 64 * 1024 * 1024
+#: Outbox bound by default: 256 MiB hold about a day of a busy gateway's telemetry (100
+#: uplinks/s at about 30 bytes per reading) on an SD card that has gigabytes.
+DEFAULT_MAX_OUTBOX_BYTES: Final = 256 * 1024 * 1024
+#: The outbox warns (log, ``status.json``, health) once it holds this share of its bound, and
+#: again after it went below :data:`OUTBOX_WARN_CLEAR_FRACTION` and came back.
+OUTBOX_WARN_FRACTION: Final = 0.8
+OUTBOX_WARN_CLEAR_FRACTION: Final = 0.7
+#: When the file system is full (SQLITE_FULL) before the outbox reached its bound, the oldest
+#: entries holding at least this many bytes (or four times the new entry) are evicted so the
+#: pages they free take the new one.
+DISK_FULL_EVICT_BYTES: Final = 1024 * 1024
+#: After a checkpoint the WAL file is truncated to this size, so it does not keep the space
+#: of the largest burst forever (SQLite's journal_size_limit).
+WAL_SIZE_LIMIT_BYTES: Final = 8 * 1024 * 1024
+_SQLITE_FULL: Final = 13
 _BUSY_TIMEOUT_MS: Final = 5000
 
 
@@ -111,6 +130,19 @@ class OutboxStats(NamedTuple):
     oldest_age_s: float | None
     evicted: int
     evicted_bytes: int
+    max_bytes: int
+    warning: bool
+    """At or above :data:`OUTBOX_WARN_FRACTION` of ``max_bytes``."""
+
+
+class _DiskFull(Exception):
+    """Internal: SQLITE_FULL during an outbox write (the cause is the sqlite3 error)."""
+
+
+def _is_disk_full(err: sqlite3.Error) -> bool:
+    # Extended result codes keep the primary code in the low byte (SQLITE_FULL is 13).
+    code: int = getattr(err, "sqlite_errorcode", 0)
+    return code & 0xFF == _SQLITE_FULL
 
 
 # --- migrations -------------------------------------------------------------------------------
@@ -150,10 +182,18 @@ def _m1_initial(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX outbox_delayed ON outbox (delayed, id)")
 
 
+def _m2_node_seq(db: sqlite3.Connection) -> None:
+    db.execute(
+        "CREATE TABLE node_seq (dev_eui BLOB PRIMARY KEY, last_seq INTEGER NOT NULL,"
+        " updated_at REAL NOT NULL)"
+    )
+
+
 #: (version, name, function): applied in order, each in its own transaction, recorded in
 #: ``migrations``. A new schema step is appended here, never edited in place.
 MIGRATIONS: Final[tuple[tuple[int, str, Callable[[sqlite3.Connection], None]], ...]] = (
     (1, "initial", _m1_initial),
+    (2, "node_seq", _m2_node_seq),
 )
 
 
@@ -186,6 +226,7 @@ class StateDb:
             if mode != "wal":
                 raise StateError(f"{self.path}: SQLite refused WAL mode (got {mode})")
             self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
             self._migrate()
             row = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM outbox").fetchone()
         except StateError:
@@ -197,6 +238,8 @@ class StateDb:
         self._depth: int = row[0]
         self._bytes: int = row[1]
         self._seq: int = self._meta("batch_seq")
+        self._warning = False
+        self._check_fill()
 
     @classmethod
     def in_dir(
@@ -224,16 +267,22 @@ class StateDb:
         try:
             yield db
         except sqlite3.Error as err:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise StateError(f"{self.path}: write failed, rolled back: {err}") from err
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
         try:
             db.execute("COMMIT")
         except sqlite3.Error as err:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise StateError(f"{self.path}: commit failed: {err}") from err
+
+    def _rollback(self) -> None:
+        # SQLite rolls some failures back by itself (SQLITE_FULL may, section "Response To
+        # Errors Within A Transaction" of its documentation): ROLLBACK only what is still open.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def _migrate(self) -> None:
         self._db.execute(
@@ -308,50 +357,99 @@ class StateDb:
         *,
         delayed: bool = False,
         f_cnts: Mapping[bytes, int] | None = None,
+        node_seqs: Mapping[bytes, int] | None = None,
         batch_seq: int | None = None,
     ) -> int:
         """Write one message to the outbox and return its id; ONE transaction that also
 
         * advances the stored uplink counter of each DevEUI in ``f_cnts`` (never backwards),
+        * advances the stored sequence number of each wired node in ``node_seqs`` (the same),
         * records ``batch_seq`` as used (the next batch gets ``batch_seq + 1``),
         * evicts the oldest entries while the outbox would exceed ``max_outbox_bytes``.
 
-        A message larger than the whole bound is refused with :class:`StateError`.
+        When the file system is full, the oldest entries are evicted to make room and the
+        write is tried once more. A message larger than the whole bound is refused with
+        :class:`StateError`.
         """
         size = len(payload)
         if size > self.max_outbox_bytes:
             raise StateError(
                 f"a {size}-byte message cannot fit an outbox bounded to {self.max_outbox_bytes}"
             )
-        evicted = evicted_bytes = 0
-        with self._transaction() as db:
-            while self._bytes - evicted_bytes + size > self.max_outbox_bytes:
-                row = db.execute(
-                    "DELETE FROM outbox WHERE id = (SELECT min(id) FROM outbox) RETURNING size"
-                ).fetchone()
-                evicted += 1
-                evicted_bytes += row[0]
-            if evicted:
-                db.execute(
-                    "UPDATE meta SET value = value + CASE key WHEN 'evicted' THEN ? ELSE ? END"
-                    " WHERE key IN ('evicted', 'evicted_bytes')",
-                    (evicted, evicted_bytes),
-                )
-            cursor = db.execute(
-                "INSERT INTO outbox (topic, payload, created_at, delayed, size)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (topic, payload, now, int(delayed), size),
+        try:
+            return self._put(topic, payload, now, delayed, f_cnts, node_seqs, batch_seq, 0)
+        except _DiskFull:
+            make_room = max(DISK_FULL_EVICT_BYTES, 4 * size)
+            _log.error(
+                "%s: the file system is full; evicting the oldest outbox messages (%d bytes or"
+                " more) to store new data; free space on it",
+                self.path,
+                make_room,
             )
-            if f_cnts:
-                # The guard keeps a counter from going backwards if a batch from before a
-                # restart were ever written late.
-                db.executemany(
-                    "UPDATE sessions SET last_f_cnt = ?1 WHERE dev_eui = ?2"
-                    " AND (last_f_cnt IS NULL OR last_f_cnt < ?1)",
-                    [(f_cnt, dev_eui) for dev_eui, f_cnt in f_cnts.items()],
+        try:
+            return self._put(topic, payload, now, delayed, f_cnts, node_seqs, batch_seq, make_room)
+        except _DiskFull as err:
+            raise StateError(f"{self.path}: the file system is full: {err.__cause__}") from err
+
+    def _put(
+        self,
+        topic: str,
+        payload: bytes,
+        now: float,
+        delayed: bool,
+        f_cnts: Mapping[bytes, int] | None,
+        node_seqs: Mapping[bytes, int] | None,
+        batch_seq: int | None,
+        make_room: int,
+    ) -> int:
+        size = len(payload)
+        evicted = evicted_bytes = 0
+        try:
+            with self._transaction() as db:
+                while self._depth - evicted > 0 and (
+                    self._bytes - evicted_bytes + size > self.max_outbox_bytes
+                    or evicted_bytes < make_room
+                ):
+                    row = db.execute(
+                        "DELETE FROM outbox WHERE id = (SELECT min(id) FROM outbox) RETURNING size"
+                    ).fetchone()
+                    evicted += 1
+                    evicted_bytes += row[0]
+                if evicted:
+                    db.execute(
+                        "UPDATE meta SET value = value + CASE key WHEN 'evicted' THEN ? ELSE ? END"
+                        " WHERE key IN ('evicted', 'evicted_bytes')",
+                        (evicted, evicted_bytes),
+                    )
+                cursor = db.execute(
+                    "INSERT INTO outbox (topic, payload, created_at, delayed, size)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (topic, payload, now, int(delayed), size),
                 )
-            if batch_seq is not None:
-                db.execute("UPDATE meta SET value = ? WHERE key = 'batch_seq'", (batch_seq + 1,))
+                if f_cnts:
+                    # The guard keeps a counter from going backwards if a batch from before a
+                    # restart were ever written late.
+                    db.executemany(
+                        "UPDATE sessions SET last_f_cnt = ?1 WHERE dev_eui = ?2"
+                        " AND (last_f_cnt IS NULL OR last_f_cnt < ?1)",
+                        [(f_cnt, dev_eui) for dev_eui, f_cnt in f_cnts.items()],
+                    )
+                if node_seqs:
+                    db.executemany(
+                        "INSERT INTO node_seq (dev_eui, last_seq, updated_at) VALUES (?1, ?2, ?3)"
+                        " ON CONFLICT (dev_eui) DO UPDATE SET last_seq = ?2, updated_at = ?3"
+                        " WHERE last_seq < ?2",
+                        [(dev_eui, seq, now) for dev_eui, seq in node_seqs.items()],
+                    )
+                if batch_seq is not None:
+                    db.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'batch_seq'", (batch_seq + 1,)
+                    )
+        except StateError as err:
+            cause = err.__cause__
+            if isinstance(cause, sqlite3.Error) and _is_disk_full(cause):
+                raise _DiskFull() from cause
+            raise
         entry_id = cursor.lastrowid
         if entry_id is None:
             raise StateError(f"{self.path}: the outbox insert returned no id")
@@ -361,12 +459,42 @@ class StateDb:
             self._seq = max(self._seq, batch_seq + 1)
         if evicted:
             _log.warning(
-                "outbox full (%d bytes bound): evicted the %d oldest messages (%d bytes)",
+                "outbox full (%d bytes bound, or the disk): evicted the %d oldest messages"
+                " (%d bytes)",
                 self.max_outbox_bytes,
                 evicted,
                 evicted_bytes,
             )
+        self._check_fill()
         return entry_id
+
+    def _check_fill(self) -> None:
+        fill = self._bytes / self.max_outbox_bytes
+        if not self._warning and fill >= OUTBOX_WARN_FRACTION:
+            self._warning = True
+            _log.warning(
+                "outbox at %.0f %% of its %d-byte bound (%d messages waiting): the backhaul has"
+                " been down a while; at 100 %% the oldest data is evicted",
+                fill * 100,
+                self.max_outbox_bytes,
+                self._depth,
+            )
+        elif self._warning and fill < OUTBOX_WARN_CLEAR_FRACTION:
+            self._warning = False
+            _log.info("outbox back to %.0f %% of its bound", fill * 100)
+
+    @property
+    def outbox_warning(self) -> bool:
+        """True from :data:`OUTBOX_WARN_FRACTION` of the bound until it drains below
+        :data:`OUTBOX_WARN_CLEAR_FRACTION`."""
+        return self._warning
+
+    def node_seqs(self) -> dict[bytes, int]:
+        """The last stored reading sequence number of every wired node, by DevEUI."""
+        return {
+            bytes(row[0]): int(row[1])
+            for row in self._db.execute("SELECT dev_eui, last_seq FROM node_seq")
+        }
 
     def pending(self, limit: int, *, live_first: bool = False) -> list[OutboxEntry]:
         """Up to ``limit`` entries, oldest first; ``live_first`` puts entries not marked
@@ -389,7 +517,26 @@ class StateDb:
             return False
         self._depth -= 1
         self._bytes -= row[0]
+        self._check_fill()
         return True
+
+    def ack_many(self, entry_ids: Sequence[int]) -> int:
+        """Remove several delivered entries in one transaction; how many were still there."""
+        if not entry_ids:
+            return 0
+        removed = removed_bytes = 0
+        with self._transaction() as db:
+            for entry_id in entry_ids:
+                row = db.execute(
+                    "DELETE FROM outbox WHERE id = ? RETURNING size", (entry_id,)
+                ).fetchone()
+                if row is not None:
+                    removed += 1
+                    removed_bytes += row[0]
+        self._depth -= removed
+        self._bytes -= removed_bytes
+        self._check_fill()
+        return removed
 
     @property
     def depth(self) -> int:
@@ -414,4 +561,6 @@ class StateDb:
             self.oldest_age_s(now),
             self._meta("evicted"),
             self._meta("evicted_bytes"),
+            self.max_outbox_bytes,
+            self._warning,
         )

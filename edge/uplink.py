@@ -9,7 +9,8 @@ One connection, from connect to loss::
     CONNECT (Will: state = "offline", retained, QoS 1)
     PUBLISH state = "online" (retained, QoS 1)        <- its round trip is the backhaul RTT
     loop: take up to ``max_inflight`` pending entries, PUBLISH each with QoS 1,
-          ack each in the outbox once its PUBACK arrived; wait for notify() when empty
+          ack those whose PUBACK arrived in the outbox, in one write; wait for notify()
+          when empty
     on close(): PUBLISH state = "offline" (retained), then DISCONNECT
 
 An entry is acknowledged in the outbox only after its PUBACK (MQTT 3.1.1 section 4.3.2), so a
@@ -104,8 +105,9 @@ class OutboxLike(Protocol):
     def pending(self, limit: int) -> Sequence[OutboxEntryLike]:
         """Up to ``limit`` entries not yet acknowledged, oldest first."""
 
-    def ack(self, entry_id: int) -> object:
-        """Delete the entry: the broker has acknowledged it (PUBACK). The result is unused."""
+    def ack_many(self, entry_ids: Sequence[int]) -> object:
+        """Delete the entries, in one write: the broker has acknowledged each (PUBACK). The
+        result is unused."""
 
 
 def backoff_delay_s(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
@@ -331,7 +333,12 @@ class Uplink:
                 async with self._new_client() as client:
                     connected_at = time.monotonic()
                     await self._session(client)
-            except aiomqtt.MqttError as err:
+            except Exception as err:
+                if not isinstance(err, aiomqtt.MqttError):
+                    # Not the network: a bug, or an outbox that cannot be written. Logged with
+                    # its traceback, then handled as a lost connection, so the uplink keeps
+                    # trying instead of dying (what was not acknowledged stays in the outbox).
+                    log.error("uplink failed: %s: %s", type(err).__name__, err, exc_info=err)
                 if self._stopping.is_set():
                     # The goodbye itself failed (the broker went away meanwhile): nothing to
                     # reconnect for, and the Will tells the fleet.
@@ -415,6 +422,16 @@ class Uplink:
                 await asyncio.wait(sends, return_when=asyncio.FIRST_EXCEPTION)
             finally:
                 await _cancel_all(sends)
+                # One outbox write for the whole window (one fsync instead of one per entry):
+                # every entry whose PUBACK came, even when another one failed.
+                delivered = [
+                    entry.id
+                    for entry, send in zip(entries, sends, strict=True)
+                    if not send.cancelled() and send.exception() is None
+                ]
+                if delivered:
+                    self._outbox.ack_many(delivered)
+                    self.published += len(delivered)
             error = _first_error(sends)
             if error is not None:
                 raise error
@@ -425,8 +442,6 @@ class Uplink:
         await client.publish(
             self.topic(entry.topic), entry.payload, qos=1, timeout=self._publish_timeout_s
         )
-        self._outbox.ack(entry.id)
-        self.published += 1
 
 
 def _elapsed_ms(started: float) -> int:

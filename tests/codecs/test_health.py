@@ -36,6 +36,7 @@ def healths(draw: st.DrawFn) -> Health:
     """Any valid Health: every optional field present or absent, values over their full range."""
     depth = draw(st.just(0) | small | u64)
     loads = draw(st.none() | st.tuples(*[st.integers(0, 2**32 - 1).map(lambda n: n / 100)] * 3))
+    outbox_size = draw(st.none() | st.tuples(u64, u64))
     memory = draw(st.none() | st.tuples(u64, u64).map(sorted))
     disk = draw(st.none() | st.tuples(u64, u64).map(sorted))
     return Health(
@@ -69,6 +70,8 @@ def healths(draw: st.DrawFn) -> Health:
         outbox_oldest_age_s=None if depth == 0 else draw(small | u64),
         outbox_evicted=draw(small | u64),
         reconnects=draw(small | u64),
+        outbox_bytes=None if outbox_size is None else outbox_size[0],
+        outbox_max_bytes=None if outbox_size is None else outbox_size[1],
     )
 
 
@@ -171,6 +174,23 @@ def test_every_field_has_its_documented_key() -> None:
         19: 0,
         20: 2,
     }
+
+
+def test_outbox_size_travels_as_a_pair_under_key_21() -> None:
+    health = _with(LAPTOP, outbox_bytes=210_000_000, outbox_max_bytes=268_435_456)
+    assert cbor2.loads(encode_health(health))[21] == [210_000_000, 268_435_456]
+    decoded = decode_health(encode_health(health))
+    assert (decoded.outbox_bytes, decoded.outbox_max_bytes) == (210_000_000, 268_435_456)
+    assert describe_health(encode_health(health))["outbox"] == {
+        "depth": 0,
+        "oldest_age_s": None,
+        "evicted": 0,
+        "bytes": 210_000_000,
+        "max_bytes": 268_435_456,
+        "used_pct": 78.2,
+    }
+    with pytest.raises(SchemaError, match="outbox_bytes and outbox_max_bytes go together"):
+        encode_health(_with(LAPTOP, outbox_bytes=1))
 
 
 def test_scaled_values_are_rounded_to_their_step() -> None:
@@ -276,7 +296,7 @@ def _map(key: int, value: object) -> bytes:
         (_map(0, True), SchemaError, "version True"),
         (_map(0, 1.0), SchemaError, "version 1.0"),
         (_map(0, DROP), SchemaError, "no version (key 0)"),
-        (_map(21, 0), SchemaError, "unknown health key 21"),
+        (_map(22, 0), SchemaError, "unknown health key 22"),
         (_map(8, DROP), SchemaError, "no config_hash (key 8)"),
         (_map(17, DROP), SchemaError, "no outbox_depth"),
         (cbor.dumps({**LAPTOP_MAP, "x": 1}), SchemaError, "unknown health key 'x'"),
@@ -447,7 +467,14 @@ def test_describe_names_units_and_flags() -> None:
         "forwarded": 11_795,
         "transmitted": 96,
     }
-    assert described["outbox"] == {"depth": 3, "oldest_age_s": 95, "evicted": 0}
+    assert described["outbox"] == {
+        "depth": 3,
+        "oldest_age_s": 95,
+        "evicted": 0,
+        "bytes": None,
+        "max_bytes": None,
+        "used_pct": None,
+    }
     assert described["config_hash"] == CONFIG_HASH.hex()
     assert described["size_bytes"] == 155
 
@@ -456,7 +483,14 @@ def test_describe_shows_absent_fields_as_null() -> None:
     described = describe_health(encode_health(LAPTOP))
     for name in ("throttled", "cpu_temp_c", "load", "memory", "disk", "radio", "config_seq"):
         assert described[name] is None, name
-    assert described["outbox"] == {"depth": 0, "oldest_age_s": None, "evicted": 0}
+    assert described["outbox"] == {
+        "depth": 0,
+        "oldest_age_s": None,
+        "evicted": 0,
+        "bytes": None,
+        "max_bytes": None,
+        "used_pct": None,
+    }
     far = describe_health(encode_health(_with(EXAMPLE, time_s=2**64 - 1)))
     assert far["time_utc"] is None  # beyond what an ISO date can say
     empty_disk = describe_health(

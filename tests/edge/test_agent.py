@@ -260,6 +260,10 @@ def test_agent_end_to_end(broker: BrokerServer, tmp_path: Path) -> None:
                 assert health.gateway_id == GATEWAY
                 assert health.config_hash == config.sha256
                 assert health.radio is not None
+                # The outbox bound is the default 256 MiB; what waits is within it.
+                assert health.outbox_max_bytes == 256 * 1024 * 1024
+                assert health.outbox_bytes is not None
+                assert 0 <= health.outbox_bytes < health.outbox_max_bytes
 
                 # OTAA: the join goes up signed, the accept comes down and goes out in RX1.
                 joiner = EmulatedDevice.otaa(

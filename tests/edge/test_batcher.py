@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from owlgate.codecs.errors import OwlgateError
 from owlgate.codecs.node.telemetry import Batch, Reading, decode_batch
 from owlgate.codecs.signed import verify
 from owlgate.edge.batcher import Batcher, BatchError
@@ -164,3 +165,49 @@ def test_bad_settings(state: StateDb) -> None:
         Batcher(state, KEY, GATEWAY, max_readings=0)
     with pytest.raises(BatchError, match="max_age_s"):
         Batcher(state, KEY, GATEWAY, max_age_s=0)
+
+
+def test_backhaul_callable_marks_batches_sealed_while_down(state: StateDb) -> None:
+    up = [True]
+    batcher = Batcher(state, KEY, GATEWAY, max_readings=1, max_age_s=60, backhaul=lambda: up[0])
+    batcher.add(_reading(0), now=1.0)
+    up[0] = False
+    batcher.add(_reading(1), now=2.0)
+    up[0] = True
+    batcher.add(_reading(2), now=3.0)
+    entries = state.pending(10)
+    assert [entry.delayed for entry in entries] == [False, True, False]
+    assert [_open(entry.payload).delayed for entry in entries] == [False, True, False]
+    # Live entries first, the backlog after.
+    assert [entry.id for entry in state.pending(10, live_first=True)] == [
+        entries[0].id,
+        entries[2].id,
+        entries[1].id,
+    ]
+
+
+def test_wired_batches_store_node_sequence_numbers(state: StateDb) -> None:
+    batcher = Batcher(state, KEY, GATEWAY, max_readings=3, max_age_s=60, counters="node_seq")
+    node = bytes.fromhex("70b3d57ed0001001")
+    sealed = None
+    for seq in (7, 9, 8):
+        sealed = batcher.add(Reading(node, 1_700_000_000 + seq, {"level_pct": seq}, fcnt=seq), 1.0)
+    assert sealed is not None
+    assert sealed.counters == {node: 9}
+    assert state.node_seqs() == {node: 9}
+    with pytest.raises(BatchError, match="counters"):
+        Batcher(state, KEY, GATEWAY, counters="fcnt")
+
+
+def test_held_readings_are_bounded_while_the_outbox_fails(state: StateDb) -> None:
+    batcher = Batcher(state, KEY, GATEWAY, max_readings=2, max_age_s=60, max_held=5)
+    state.close()  # every write now fails
+    failures = 0
+    for i in range(12):
+        try:
+            batcher.add(_reading(i), now=1.0)
+        except OwlgateError:
+            failures += 1
+    assert failures == 11  # every add from the second on tries to seal
+    assert len(batcher) == 5
+    assert batcher.dropped == 7

@@ -83,8 +83,9 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         30,
     )
     assert (config.batch.max_readings, config.batch.max_age_s) == (100, 0.1)
-    assert config.outbox.max_mb == 64.0
-    assert config.outbox.max_bytes == 64 * 1024 * 1024
+    assert config.outbox.max_mb == 256.0
+    assert config.outbox.max_bytes == 256 * 1024 * 1024
+    assert config.wired is None
     assert config.health.interval_s == 30
     radio_config = config.radio.radio_config(7)
     assert radio_config.config_id == 7
@@ -136,7 +137,9 @@ BAD = [
     ("gateway", "sealing_key", "true", "got true"),
     ("gateway", "fleet_key", "[]", "got an array"),
     ("gateway", "colour", '"red"', "unknown key"),
-    ("radio", "backend", '"udp"', 'must be "serial"'),
+    ("radio", "backend", '"udp"', 'must be one of "serial", "rak3172", "semtech-udp"'),
+    ("radio", "tx_power_dbm", "20", "must be an integer 0..14, got 20"),
+    ("radio", "listen", '"127.0.0.1:1700"', 'is for "semtech-udp", not "serial"'),
     ("radio", "port", '""', "must be a non-empty string"),
     ("radio", "baudrate", '"fast"', 'must be an integer 1200..4000000, got "fast"'),
     ("radio", "baudrate", "0", "got 0"),
@@ -347,3 +350,103 @@ def test_cli_missing_key_file_is_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: {path}: [gateway] identity_key: cannot read ")
     assert result.stderr.count("\n") == 1
+
+
+def test_rak3172_backend_takes_one_channel_and_one_spreading_factor(tmp_path: Path) -> None:
+    sections = base()
+    sections["radio"] |= {"backend": '"rak3172"', "tx_power_dbm": "10"}
+    config = load_config(write(tmp_path, sections))
+    assert config.radio.backend == "rak3172"
+    assert config.radio.tx_power_dbm == 10
+    assert config.radio.channels == (
+        Channel(frequency_hz=868_100_000, bandwidth_hz=125_000, spreading_factors=(7,)),
+    )
+    sections["radio"]["channels"] = "[{frequency_hz = 869525000, spreading_factors = [9]}]"
+    config = load_config(write(tmp_path, sections))
+    assert config.radio.channels[0].frequency_hz == 869_525_000
+    assert config.radio.channels[0].spreading_factors == (9,)
+    for channels in (
+        "[{frequency_hz = 868100000}]",
+        "[{frequency_hz = 868100000, spreading_factors = [7]},"
+        " {frequency_hz = 868300000, spreading_factors = [7]}]",
+    ):
+        sections["radio"]["channels"] = channels
+        error = error_of(tmp_path, sections)
+        assert (error.section, error.key) == ("radio", "channels")
+        assert "one channel with one spreading factor" in error.message
+
+
+def test_semtech_udp_backend_listens_on_udp(tmp_path: Path) -> None:
+    sections = base()
+    sections["radio"] = {"backend": '"semtech-udp"'}
+    config = load_config(write(tmp_path, sections))
+    assert (config.radio.listen_host, config.radio.listen_port) == ("127.0.0.1", 1700)
+    assert config.radio.gateway_eui is None
+    assert config.radio.where == "udp://127.0.0.1:1700"
+    sections["radio"] |= {"listen": '"0.0.0.0:1701"', "gateway_eui": '"aa555a0000000101"'}
+    config = load_config(write(tmp_path, sections))
+    assert (config.radio.listen_host, config.radio.listen_port) == ("0.0.0.0", 1701)
+    assert config.radio.gateway_eui == bytes.fromhex("aa555a0000000101")
+    for key, value, problem in (
+        ("listen", '"1700"', 'a "host:port" UDP address'),
+        ("listen", '"host:0"', 'a "host:port" UDP address'),
+        ("gateway_eui", '"AA55"', "16 lowercase hex digits"),
+        ("port", '"/dev/ttyACM0"', 'is for serial backends; "semtech-udp" uses listen'),
+    ):
+        bad = base()
+        bad["radio"] = {"backend": '"semtech-udp"', key: value}
+        error = error_of(tmp_path, bad)
+        assert (error.section, error.key) == ("radio", key)
+        assert problem in error.message
+
+
+WIRED_NODES = (
+    '[{address = 1, dev_eui = "70b3d57ed0001001", settings = {interval_s = 60, alarm = true}},'
+    ' {address = 2, dev_eui = "70b3d57ed0001002"}]'
+)
+
+
+def test_wired_nodes(tmp_path: Path) -> None:
+    sections = base()
+    sections["wired"] = {
+        "port": '"/dev/ttyAMA0"',
+        "baudrate": "19200",
+        "poll_interval_s": "2",
+        "nodes": WIRED_NODES,
+    }
+    config = load_config(write(tmp_path, sections))
+    wired = config.wired
+    assert wired is not None
+    assert (wired.port, wired.baudrate, wired.poll_interval_s) == ("/dev/ttyAMA0", 19200, 2.0)
+    assert (wired.response_timeout_s, wired.silent_after_polls) == (0.5, 3)
+    assert [(node.address, node.dev_eui.hex(), node.settings) for node in wired.nodes] == [
+        (1, "70b3d57ed0001001", (("alarm", True), ("interval_s", 60))),
+        (2, "70b3d57ed0001002", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("nodes", "[]", "must be an array of 1..247 tables"),
+        ("nodes", '[{address = 0, dev_eui = "70b3d57ed0001001"}]', "integer 1..247, got 0"),
+        ("nodes", '[{address = 1, dev_eui = "xyz"}]', "16 lowercase hex digits"),
+        ("nodes", '[{address = 1, dev_eui = "70b3d57ed0001001", settings = {a = "x"}}]', "table"),
+        (
+            "nodes",
+            '[{address = 1, dev_eui = "70b3d57ed0001001"},'
+            ' {address = 1, dev_eui = "70b3d57ed0001002"}]',
+            "two nodes share an address",
+        ),
+        ("poll_interval_s", "0", "must be a number above 0"),
+        ("speed", "1", "unknown key"),
+    ],
+)
+def test_bad_wired_settings(tmp_path: Path, key: str, value: str, problem: str) -> None:
+    sections = base()
+    sections["wired"] = {"port": '"/dev/ttyAMA0"', "nodes": WIRED_NODES, key: value}
+    error = error_of(tmp_path, sections)
+    assert error.section == "wired"
+    assert error.key is not None
+    assert error.key.startswith(key)
+    assert problem in error.message

@@ -29,18 +29,21 @@ def db(tmp_path: Path) -> Iterator[StateDb]:
 
 def test_pragmas_file_mode_and_migrations(tmp_path: Path) -> None:
     with StateDb.in_dir(tmp_path) as state:
-        assert state.migrations() == [(1, "initial")]
+        assert state.migrations() == [(1, "initial"), (2, "node_seq")]
     path = tmp_path / STATE_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     raw = sqlite3.connect(path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("SELECT version, name FROM migrations").fetchall() == [(1, "initial")]
+        assert raw.execute("SELECT version, name FROM migrations").fetchall() == [
+            (1, "initial"),
+            (2, "node_seq"),
+        ]
     finally:
         raw.close()
     # Reopening does not run the migration again.
     with StateDb.in_dir(tmp_path) as state:
-        assert state.migrations() == [(1, "initial")]
+        assert state.migrations() == [(1, "initial"), (2, "node_seq")]
 
 
 def test_sessions_round_trip_and_replace(db: StateDb) -> None:
@@ -145,3 +148,67 @@ def test_entry_written_but_not_acked_is_pending_after_reopen(tmp_path: Path) -> 
         assert [(e.id, e.payload) for e in state.pending(10)] == [(entry, b"sealed")]
         assert state.depth == 1
         assert state.next_batch_seq == 1
+
+
+def test_warns_near_the_bound_and_clears_after_draining(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with StateDb.in_dir(tmp_path, max_outbox_bytes=1000) as state:
+        ids = [state.put("telemetry", bytes(100), float(n)) for n in range(7)]
+        assert not state.stats(10.0).warning
+        with caplog.at_level("WARNING", logger="owlgate.edge.state"):
+            ids.append(state.put("telemetry", bytes(100), 8.0))
+        assert state.stats(10.0).warning
+        stats = state.stats(10.0)
+        assert (stats.bytes, stats.max_bytes, stats.warning, stats.evicted) == (800, 1000, True, 0)
+        warnings = [r.getMessage() for r in caplog.records]
+        assert any("80 % of its 1000-byte bound" in message for message in warnings)
+        # 750 bytes (75 %): still above the level where it clears.
+        assert state.ack(ids[0])
+        state.put("telemetry", bytes(50), 9.0)
+        assert state.stats(10.0).warning
+        # Below 70 % it clears; an id already gone counts for nothing.
+        assert state.ack_many([ids[0], ids[1], ids[2]]) == 2
+        assert not state.stats(10.0).warning
+        assert (state.depth, state.outbox_bytes) == (6, 550)
+    with StateDb.in_dir(tmp_path, max_outbox_bytes=500) as state:
+        # Reopened with a smaller bound that 550 bytes exceed: the warning is on at once.
+        assert state.stats(10.0).warning
+
+
+def test_full_file_system_evicts_oldest_and_keeps_writing(tmp_path: Path) -> None:
+    # max_page_count makes SQLite answer SQLITE_FULL as a full SD card does.
+    with StateDb.in_dir(tmp_path) as state:
+        state.put("telemetry", b"first", 0.0)
+        state._db.execute("PRAGMA max_page_count = 40")
+        written = [
+            state.put("telemetry", bytes([n % 256]) * 1000, float(n + 1)) for n in range(300)
+        ]
+        stats = state.stats(400.0)
+        # Every write succeeded; the oldest made room and were counted.
+        assert stats.evicted > 0
+        assert stats.depth + stats.evicted == 301
+        pending = state.pending(1000)
+        assert [entry.id for entry in pending] == written[-len(pending) :]
+        assert pending[-1].payload == bytes([299 % 256]) * 1000
+
+
+def test_a_message_that_never_fits_the_disk_is_refused(tmp_path: Path) -> None:
+    with StateDb.in_dir(tmp_path) as state:
+        state._db.execute("PRAGMA max_page_count = 12")
+        with pytest.raises(StateError, match="file system is full"):
+            state.put("telemetry", bytes(200_000), 1.0)
+        # Nothing half-written: the database still works.
+        state._db.execute("PRAGMA max_page_count = 100000")
+        assert state.put("telemetry", b"after", 2.0) > 0
+        assert state.depth == 1
+
+
+def test_node_sequence_numbers_advance_with_the_batch(tmp_path: Path) -> None:
+    with StateDb.in_dir(tmp_path) as state:
+        state.put("telemetry", b"a", 1.0, node_seqs={EUI_A: 5, EUI_B: 2})
+        state.put("telemetry", b"b", 2.0, node_seqs={EUI_A: 3})
+        assert state.node_seqs() == {EUI_A: 5, EUI_B: 2}
+        state.put("telemetry", b"c", 3.0, node_seqs={EUI_A: 9})
+    with StateDb.in_dir(tmp_path) as state:
+        assert state.node_seqs() == {EUI_A: 9, EUI_B: 2}

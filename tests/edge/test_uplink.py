@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -52,9 +52,10 @@ class FakeOutbox:
     def pending(self, limit: int) -> list[Entry]:
         return [self.entries[key] for key in sorted(self.entries)[:limit]]
 
-    def ack(self, entry_id: int) -> None:
-        self.acked.append(entry_id)
-        self.entries.pop(entry_id, None)
+    def ack_many(self, entry_ids: Sequence[int]) -> None:
+        for entry_id in entry_ids:
+            self.acked.append(entry_id)
+            self.entries.pop(entry_id, None)
 
     def depth(self) -> int:
         return len(self.entries)
