@@ -21,6 +21,7 @@ from owlgate.edge.lorawan_proc import LorawanProcessor
 from owlgate.edge.state import StateDb
 from owlgate.hil.devices import EmulatedDevice
 
+from . import outbox_bench
 from .codec_bench import BASE_TIME, GATEWAY, SEED
 from .figures import Figure
 
@@ -116,7 +117,7 @@ def pipeline_us_per_uplink(quick: bool) -> tuple[float, float]:
 def run(*, quick: bool = False) -> list[Figure]:
     """The edge suite's figures."""
     best, median = pipeline_us_per_uplink(quick)
-    return [
+    pipeline = [
         Figure(
             "edge.pipeline_us_per_uplink",
             best,
@@ -128,3 +129,4 @@ def run(*, quick: bool = False) -> list[Figure]:
             median=median,
         )
     ]
+    return pipeline + outbox_bench.run(quick=quick)
