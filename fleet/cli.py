@@ -119,6 +119,7 @@ def broker_services(
     *,
     instance: str | None = None,
     verify_workers: int = DEFAULT_VERIFY_WORKERS,
+    shared: bool = False,
 ) -> tuple[list[Service], str]:
     """The services that give the fleet its MQTT side, and the broker URL gateways use.
 
@@ -126,7 +127,8 @@ def broker_services(
     control service (joins, device sessions; what it sends is signed with ``signing_key``)
     on it. With ``mqtt://host:port``: the same two on that broker (Mosquitto or any other).
     Both connect under persistent sessions named after ``instance`` (default: the host
-    name; see :func:`owlgate.fleet.mqtt.client_id`)."""
+    name; see :func:`owlgate.fleet.mqtt.client_id`), through MQTT 5 shared subscriptions
+    when ``shared``."""
     embedded = None
     if broker is None:
         embedded = EmbeddedBroker()
@@ -144,8 +146,10 @@ def broker_services(
             return running
 
         services.append(start_broker)
-    services.append(ingest_service(host, port, instance=instance, verify_workers=verify_workers))
-    services.append(control_service(host, port, signing_key, instance=instance))
+    services.append(
+        ingest_service(host, port, instance=instance, verify_workers=verify_workers, shared=shared)
+    )
+    services.append(control_service(host, port, signing_key, instance=instance, shared=shared))
     return services, f"mqtt://{host}:{port}"
 
 
@@ -191,6 +195,15 @@ def serve(
             "it; every fleet process sharing a broker needs its own [the host name]",
         ),
     ] = None,
+    shared_subscriptions: Annotated[
+        bool,
+        typer.Option(
+            "--shared-subscriptions",
+            help="subscribe through MQTT 5 shared subscriptions, so several fleet processes "
+            "split the gateways' messages; needs a broker that keeps shared subscriptions "
+            "over its restarts (Mosquitto 2.0 does not: see docs/fleet.md)",
+        ),
+    ] = False,
 ) -> None:
     """Run the fleet manager: the HTTP API (OpenAPI at /openapi.json), the MQTT ingest, and
     joins and device sessions over MQTT."""
@@ -205,7 +218,13 @@ def serve(
     if str(db) != ":memory:" and not db.parent.is_dir():
         _fail(f"--db {db}: folder {db.parent} does not exist")
     key = load_signing_key(signing_key or db.parent / DEFAULT_KEYS_DIR / FLEET_SIGNING_KEY_FILE)
-    services, url = broker_services(broker, key, instance=instance, verify_workers=verify_workers)
+    services, url = broker_services(
+        broker,
+        key,
+        instance=instance,
+        verify_workers=verify_workers,
+        shared=shared_subscriptions,
+    )
     store = _open_store(db)
     typer.echo(f"MQTT broker: {url}" + (" (embedded)" if broker is None else ""))
     typer.echo(f"fleet instance: {instance}")

@@ -24,12 +24,14 @@ with the messages of :mod:`owlgate.codecs.control`:
 Everything the fleet publishes is signed with the fleet's Ed25519 signing key, whose public
 key every gateway pins at provisioning, and sent with QoS 1.
 
-With MQTT 5 the ``join`` subscription is shared (``$share/owlgate-control/...``, MQTT 5.0
-section 4.8.2): one fleet process answers each join, so a DevNonce is never used twice by the
-fleet itself. The ``state`` subscription is never shared: retained messages are not delivered
-to a shared subscription (MQTT 5.0 section 4.8.2), and a fleet that starts or reconnects must
-see which gateways are online to give them their sessions; a second fleet process sending the
-same sessions again does no harm.
+With shared subscriptions on (``owlgate fleet serve --shared-subscriptions``, for several
+fleet processes on one broker) and MQTT 5, the ``join`` subscription is shared
+(``$share/owlgate-control/...``, MQTT 5.0 section 4.8.2): one fleet process answers each join,
+so a DevNonce is never used twice by the fleet itself. One fleet process subscribes plainly
+(see :attr:`owlgate.fleet.mqtt.MqttService.shared`). The ``state`` subscription is never
+shared: retained messages are not delivered to a shared subscription (MQTT 5.0 section
+4.8.2), and a fleet that starts or reconnects must see which gateways are online to give them
+their sessions; a second fleet process sending the same sessions again does no harm.
 
 The service connects under the persistent session of its fleet instance
 (:class:`~owlgate.fleet.mqtt.MqttService`): joins and states published while it is down are
@@ -364,6 +366,7 @@ class ControlService(MqttService):
         identifier: str | None = None,
         session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
         rng: random.Random | None = None,
+        shared: bool = False,
     ) -> None:
         super().__init__(
             host,
@@ -373,11 +376,12 @@ class ControlService(MqttService):
             identifier=identifier,
             session_expiry_s=session_expiry_s,
             rng=rng,
+            shared=shared,
         )
         self.control = control
 
     def topics(self, mqtt5: bool) -> list[tuple[str, int]]:
-        return [(topic, QOS) for topic in subscriptions(mqtt5)]
+        return [(topic, QOS) for topic in subscriptions(mqtt5 and self.shared)]
 
     def count_reconnect(self) -> None:
         self.control.counters.reconnect()
@@ -461,10 +465,12 @@ def control_service(
     mqtt5: bool = True,
     settings: JoinSettings | None = None,
     instance: str | None = None,
+    shared: bool = False,
 ) -> Callable[[Store], AbstractAsyncContextManager[ControlService]]:
     """A fleet service (see :func:`owlgate.fleet.cli.build_server`) running joins and device
     sessions over MQTT, signing what it sends with ``signing_key``, under the persistent
-    session of fleet instance ``instance`` (default: the host name)."""
+    session of fleet instance ``instance`` (default: the host name), sharing the ``join``
+    subscription when ``shared``."""
 
     def service(store: Store) -> ControlService:
         return ControlService(
@@ -473,6 +479,7 @@ def control_service(
             port,
             mqtt5=mqtt5,
             instance=instance,
+            shared=shared,
         )
 
     return service

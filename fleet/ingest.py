@@ -11,8 +11,10 @@ with every gateway's reception (:meth:`owlgate.fleet.store.Store.record_batches`
 ``state`` topic (``online``, or ``offline`` from the gateway's Last Will) feeds the health
 state.
 
-With MQTT 5 the subscription is shared (``$share/owlgate-ingest/...``, MQTT 5.0 section 4.8.2)
-so several fleet processes split the load; with MQTT 3.1.1 it is a plain subscription.
+The subscription is plain by default. With ``shared`` (``owlgate fleet serve
+--shared-subscriptions``) and MQTT 5 it is shared (``$share/owlgate-ingest/...``, MQTT 5.0
+section 4.8.2) so several fleet processes split the load; see
+:attr:`owlgate.fleet.mqtt.MqttService.shared` for why that is not the default.
 
 How a message travels (:class:`IngestService`):
 
@@ -513,6 +515,7 @@ class IngestService(MqttService):
         max_messages: int = DEFAULT_MAX_MESSAGES,
         verify_workers: int = DEFAULT_VERIFY_WORKERS,
         rng: random.Random | None = None,
+        shared: bool = False,
     ) -> None:
         super().__init__(
             host,
@@ -522,6 +525,7 @@ class IngestService(MqttService):
             identifier=identifier,
             session_expiry_s=session_expiry_s,
             rng=rng,
+            shared=shared,
         )
         self.ingest = ingest
         self.max_readings = max_readings
@@ -531,7 +535,7 @@ class IngestService(MqttService):
         self._turns = asyncio.Lock()
 
     def topics(self, mqtt5: bool) -> list[tuple[str, int]]:
-        return [(topic, 1) for topic in subscriptions(mqtt5)]
+        return [(topic, 1) for topic in subscriptions(mqtt5 and self.shared)]
 
     def count_reconnect(self) -> None:
         self.ingest.counters.reconnect()
@@ -708,9 +712,11 @@ def ingest_service(
     mqtt5: bool = True,
     instance: str | None = None,
     verify_workers: int = DEFAULT_VERIFY_WORKERS,
+    shared: bool = False,
 ) -> Callable[[Store], AbstractAsyncContextManager[IngestService]]:
     """A fleet service (see :func:`owlgate.fleet.cli.build_server`) running the ingest under
-    the persistent session of fleet instance ``instance`` (default: the host name)."""
+    the persistent session of fleet instance ``instance`` (default: the host name), through
+    shared subscriptions when ``shared``."""
 
     def service(store: Store) -> IngestService:
         return IngestService(
@@ -720,6 +726,7 @@ def ingest_service(
             mqtt5=mqtt5,
             instance=instance,
             verify_workers=verify_workers,
+            shared=shared,
         )
 
     return service

@@ -198,10 +198,17 @@ class MqttService(ABC):
         identifier: str | None = None,
         session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
         rng: random.Random | None = None,
+        shared: bool = False,
     ) -> None:
         self.host = host
         self.port = port
         self.mqtt5 = mqtt5
+        #: Subscribe through MQTT 5 shared subscriptions (several fleet processes split the
+        #: load). Off by default: Mosquitto 2.0 does not restore a persistent session's
+        #: shared subscriptions from its persistence file after a restart, so messages that
+        #: arrive before the fleet reconnects match nothing, are acknowledged to the gateway,
+        #: and are lost; a plain subscription is restored and queued.
+        self.shared = shared
         self.identifier = identifier or client_id(instance or default_instance(), self.name)
         self.session_expiry_s = session_expiry_s
         self.subscribed = asyncio.Event()
@@ -228,7 +235,8 @@ class MqttService(ABC):
 
     @abstractmethod
     def topics(self, mqtt5: bool) -> list[tuple[str, int]]:
-        """(topic filter, QoS) pairs to subscribe to; shared ones only when ``mqtt5``."""
+        """(topic filter, QoS) pairs to subscribe to; shared ones only when ``mqtt5`` and
+        :attr:`shared`."""
 
     @abstractmethod
     async def serve(self, client: aiomqtt.Client) -> None:

@@ -265,6 +265,16 @@ def test_a_database_fault_stores_and_counts_nothing(keys: dict[str, Ed25519Priva
         assert ingest.counters.batches == ingest.counters.states == 1
 
 
+def test_subscriptions_are_plain_unless_shared_is_asked_for(fleet: Store) -> None:
+    # Plain by default, MQTT 5 or not: Mosquitto 2.0 restores plain subscriptions of a
+    # persistent session after its own restart, and not shared ones (docs/fleet.md).
+    plain = IngestService(Ingest(fleet), "127.0.0.1", 1883)
+    assert plain.topics(mqtt5=True) == [(topic, 1) for topic in subscriptions(False)]
+    shared = IngestService(Ingest(fleet), "127.0.0.1", 1883, shared=True)
+    assert shared.topics(mqtt5=True) == [(topic, 1) for topic in subscriptions(True)]
+    assert shared.topics(mqtt5=False) == [(topic, 1) for topic in subscriptions(False)]
+
+
 def test_a_refusal_survives_the_trip_from_a_worker_process() -> None:
     refusal = pickle.loads(pickle.dumps(Rejected("signature", "forged")))
     assert (refusal.reason, refusal.message) == ("signature", "forged")
@@ -362,9 +372,8 @@ async def _away_and_back(
 def test_telemetry_sent_while_the_ingest_is_away_is_stored_when_it_is_back(
     broker: BrokerServer, fleet: Store, keys: dict[str, Ed25519PrivateKey]
 ) -> None:
-    """The persistent session: the broker queues what arrives meanwhile. On Mosquitto the
-    ingest is subscribed through its shared subscription (MQTT 5), which Mosquitto 2.0
-    queues for a member that is away; on amqtt through a plain one (MQTT 3.1.1)."""
+    """The persistent session: the broker queues what arrives meanwhile, for the ingest's
+    plain subscription (MQTT 5 on Mosquitto, MQTT 3.1.1 on amqtt)."""
     messages = [
         (topic(GW1, "telemetry"), signed_batch(keys[GW1], GW1, seq, [reading(seq)]))
         for seq in range(1, 11)
