@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,3 +213,36 @@ def test_node_sequence_numbers_advance_with_the_batch(tmp_path: Path) -> None:
         state.put("telemetry", b"c", 3.0, node_seqs={EUI_A: 9})
     with StateDb.in_dir(tmp_path) as state:
         assert state.node_seqs() == {EUI_A: 9, EUI_B: 2}
+
+
+def test_readers_and_a_briefly_held_write_lock_never_make_writes_fail(tmp_path: Path) -> None:
+    # A technician's sqlite3 shell or a backup reading the database, and another writer
+    # holding the lock for a moment: the agent's writes wait (busy_timeout) instead of
+    # failing with "database is locked".
+    with StateDb.in_dir(tmp_path) as state:
+        state.put("telemetry", b"before", 1.0)
+        reader = sqlite3.connect(tmp_path / STATE_FILE, isolation_level=None)
+        writer = sqlite3.connect(
+            tmp_path / STATE_FILE, isolation_level=None, check_same_thread=False
+        )
+        try:
+            reader.execute("BEGIN")
+            assert reader.execute("SELECT count(*) FROM outbox").fetchone() == (1,)
+            state.put("telemetry", b"while reading", 2.0)
+            writer.execute("BEGIN IMMEDIATE")
+            release = threading.Timer(0.3, writer.execute, args=("COMMIT",))
+            release.start()
+            try:
+                state.put("telemetry", b"while locked", 3.0)
+            finally:
+                release.join()
+            # The reader's snapshot is unchanged; the agent's view has all three.
+            assert reader.execute("SELECT count(*) FROM outbox").fetchone() == (1,)
+            assert [entry.payload for entry in state.pending(10)] == [
+                b"before",
+                b"while reading",
+                b"while locked",
+            ]
+        finally:
+            reader.close()
+            writer.close()
