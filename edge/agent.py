@@ -824,7 +824,8 @@ class EdgeAgent:
                 "connected": radio.status.connected,
                 "last_error": radio.status.last_error,
             }
-            | asdict(radio.counters),
+            | asdict(radio.counters)
+            | self._radio_extra(radio),
             "lorawan": {}
             if processor is None
             else {"sessions": processor.session_count} | processor.counters.as_dict(),
@@ -848,6 +849,27 @@ class EdgeAgent:
             },
             "loops": {"restarts": dict(self._loop_restarts)},
             "wired": self._wired_status(),
+        }
+
+    def _radio_extra(self, radio: RadioBackend) -> dict[str, Any]:
+        # What only one kind of backend knows: a packet forwarder's own stat reports.
+        if self.config.radio.backend != "semtech-udp":
+            return {}
+        from .semtech_udp import SemtechUdpBackend
+
+        if not isinstance(radio, SemtechUdpBackend):
+            return {}
+        stats = radio.forwarder_stats
+        return {
+            "foreign_datagrams": radio.foreign_datagrams,
+            "forwarder": {
+                "reports": stats.reports,
+                "rx_received": stats.rx_received,
+                "rx_ok": stats.rx_ok,
+                "rx_forwarded": stats.rx_forwarded,
+                "tx_requested": stats.tx_requested,
+                "tx_sent": stats.tx_sent,
+            },
         }
 
     def _held_dropped(self) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from owlgate.codecs.gwmp import Stat
 from owlgate.codecs.node.telemetry import decode_batch
 from owlgate.codecs.signed import verify
 from owlgate.edge.agent import EdgeAgent
@@ -212,6 +213,20 @@ def test_semtech_udp_backend_from_the_configuration(
                     await eventually(lambda: radio.foreign_datagrams >= 1, "the stranger dropped")
                     assert agent.radio_counters is not None
                     assert agent.radio_counters.rx_received == 6
+                    forwarder.send_stat(Stat(rxnb=7, rxok=6, rxfw=6, ackr=100.0, dwnb=0, txnb=0))
+                    await eventually(
+                        lambda: radio.forwarder_stats.reports == 1, "the forwarder's stat"
+                    )
+                    status = agent.status(radio, agent.uplink, agent._state)  # type: ignore[arg-type]
+                    assert status["radio"]["forwarder"] == {
+                        "reports": 1,
+                        "rx_received": 7,
+                        "rx_ok": 6,
+                        "rx_forwarded": 6,
+                        "tx_requested": 0,
+                        "tx_sent": 0,
+                    }
+                    assert status["radio"]["foreign_datagrams"] >= 1
                 await _stop(agent, task)
         assert len(_received(fleet, keys)) == 6
 
