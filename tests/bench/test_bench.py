@@ -23,6 +23,7 @@ REQUIRED = [
     "codec.telemetry_encode_us_per_reading",
     "codec.frame_roundtrip_us",
     "edge.pipeline_us_per_uplink",
+    "edge.outbox_enqueue_per_s",
 ]
 
 
@@ -45,7 +46,13 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     assert figures["goals"]["codec.telemetry_bytes_per_reading_batch100"] == {"max": 24}
     assert figures["goals"]["edge.pipeline_us_per_uplink"] == {"max": 50}
     assert figures["medians"]["edge.pipeline_us_per_uplink"] > 0
+    assert figures["goals"]["edge.outbox_enqueue_per_s"] == {"min": 50_000}
     assert figures["meta"]["cpus"] >= 1
+    # The drain figure needs Mosquitto: without it this skips here (fails under CI=true).
+    mosquitto_binary()
+    assert figures["edge.outbox_drain_per_s"] > 0
+    assert figures["goals"]["edge.outbox_drain_per_s"] == {"min": 20_000}
+    assert figures["units"]["edge.outbox_drain_per_s"] == "readings/s"
 
 
 def test_size_figures_are_the_encoded_sizes(tmp_path: Path) -> None:
@@ -100,3 +107,21 @@ def test_e2e_suite_measures_the_running_system(tmp_path: Path) -> None:
     assert figures["edge.rss_mb"] > 20
     assert figures["edge.cpu_pct"] > 0
     assert figures["units"]["edge.cpu_pct"] == "% of a core"
+
+
+def test_serial_suite_measures_the_paced_line_and_the_replug(tmp_path: Path) -> None:
+    """Goodput through a paced line to the real serial backend, and recovery after a replug;
+    the suite fails rather than report a burst with a frame lost or reordered."""
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--suite", "serial", "--quick", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    for baud in (115200, 921600):
+        name = f"serial.goodput_ratio_{baud}"
+        assert figures["goals"][name] == {"min": 0.9}
+        assert figures["units"][name] == "ratio"
+        # Message bytes are a fixed share of the serial frame bytes: 5 bytes of framing each.
+        assert 0.9 < figures[f"{name}.framing_efficiency"] < 0.96
+        assert 0 < figures[f"{name}.phy_payload"] < figures[name] <= 1.01
+    assert figures["goals"]["edge.recovery_s"] == {"max": 2.0}
+    assert 0 < figures["edge.recovery_s"] <= figures["edge.recovery_s.max"]
