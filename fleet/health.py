@@ -9,7 +9,9 @@ computes the state at request time from what the store holds. The states (ARCHIT
   since, or nothing arrived for ``missed_heartbeats_offline`` (2) heartbeat intervals,
   whichever comes first;
 - ``degraded``: online, but the last health message shows an outbox backlog (depth or age of
-  the oldest entry) or a radio CRC error rate above the thresholds;
+  the oldest entry, or an outbox filled to :attr:`HealthThresholds.outbox_fill_max` of its
+  bound, past which the gateway will soon evict data) or a radio CRC error rate above the
+  thresholds;
 - ``online``: otherwise.
 """
 
@@ -38,6 +40,8 @@ class HealthThresholds:
     default_heartbeat_interval_s: int = DEFAULT_HEARTBEAT_INTERVAL_S
     outbox_depth_max: int = 1000
     outbox_oldest_age_max_s: int = 600
+    #: The edge warns from 80 % of its outbox bound, and evicts the oldest data at 100 %.
+    outbox_fill_max: float = 0.8
     radio_crc_error_rate_max: float = 0.2
     #: Below this many frames (crc_ok + crc_bad) the error rate is noise and is not judged.
     radio_crc_min_frames: int = 50
@@ -47,6 +51,8 @@ class HealthThresholds:
             raise ValueError("missed_heartbeats_offline and the heartbeat interval must be >= 1")
         if not 0.0 <= self.radio_crc_error_rate_max <= 1.0:
             raise ValueError("radio_crc_error_rate_max must be 0 .. 1")
+        if not 0.0 < self.outbox_fill_max <= 1.0:
+            raise ValueError("outbox_fill_max must be above 0 and at most 1")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +73,8 @@ class GatewayFacts:
     outbox_oldest_age_s: int | None = None
     radio_crc_ok: int | None = None
     radio_crc_bad: int | None = None
+    outbox_bytes: int | None = None
+    outbox_max_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +125,13 @@ def assess(
             f"oldest outbox entry is {facts.outbox_oldest_age_s} s old, above "
             f"{limits.outbox_oldest_age_max_s} s"
         )
+    if facts.outbox_bytes is not None and facts.outbox_max_bytes:
+        fill = facts.outbox_bytes / facts.outbox_max_bytes
+        if fill >= limits.outbox_fill_max:
+            reasons.append(
+                f"outbox at {fill:.0%} of its {facts.outbox_max_bytes // (1024 * 1024)} MiB bound,"
+                f" {limits.outbox_fill_max:.0%} or more: the oldest data is evicted at 100 %"
+            )
     ok, bad = facts.radio_crc_ok or 0, facts.radio_crc_bad or 0
     if ok + bad >= limits.radio_crc_min_frames and ok + bad > 0:
         rate = bad / (ok + bad)

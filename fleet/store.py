@@ -494,6 +494,8 @@ class Store:
             "outbox_depth": health.outbox_depth,
             "outbox_oldest_age_s": health.outbox_oldest_age_s,
             "outbox_evicted": health.outbox_evicted,
+            "outbox_bytes": health.outbox_bytes,
+            "outbox_max_bytes": health.outbox_max_bytes,
             "reconnects": health.reconnects,
             "radio": None
             if radio is None
@@ -961,6 +963,10 @@ def _now_text(db: Database) -> str:
 
 def _gateway(row: dict[str, Any]) -> Gateway:
     state = row["state_online"]
+    last_health = None if row["last_health_json"] is None else json.loads(row["last_health_json"])
+    # The outbox size travels only in the health summary (older agents do not send it).
+    outbox_bytes = None if last_health is None else last_health.get("outbox_bytes")
+    outbox_max_bytes = None if last_health is None else last_health.get("outbox_max_bytes")
     return Gateway(
         id=row["id"],
         name=row["name"],
@@ -976,10 +982,10 @@ def _gateway(row: dict[str, Any]) -> Gateway:
             outbox_oldest_age_s=row["outbox_oldest_age_s"],
             radio_crc_ok=row["radio_crc_ok"],
             radio_crc_bad=row["radio_crc_bad"],
+            outbox_bytes=outbox_bytes if isinstance(outbox_bytes, int) else None,
+            outbox_max_bytes=outbox_max_bytes if isinstance(outbox_max_bytes, int) else None,
         ),
-        last_health=None
-        if row["last_health_json"] is None
-        else json.loads(row["last_health_json"]),
+        last_health=last_health,
     )
 
 

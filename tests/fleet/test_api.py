@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from owlgate.codecs.health import Health
 from owlgate.codecs.node.telemetry import Reading
 from owlgate.codecs.payloads import PROFILES
 from owlgate.codecs.signed import sign
@@ -98,6 +99,28 @@ def test_gateways_with_health_state(client: ApiClient, registry: Store, clock: C
     assert one["health"]["state"] == "offline"
     assert "nothing heard" in one["health"]["reasons"][0]
     assert len(bytes.fromhex(one["seal_public_key"])) == 32
+
+
+def test_a_filling_outbox_makes_a_gateway_degraded(
+    client: ApiClient, registry: Store, clock: Clock
+) -> None:
+    health = Health(
+        gateway_id=bytes.fromhex(GW1),
+        seq=1,
+        time_s=int(T0),
+        uptime_s=100,
+        agent_uptime_s=50,
+        agent_version="owlgate-edge 0.1.0",
+        config_hash=bytes(32),
+        outbox_depth=4000,
+        outbox_oldest_age_s=30,
+        outbox_bytes=220 * 1024 * 1024,
+        outbox_max_bytes=256 * 1024 * 1024,
+    )
+    registry.record_health(GW1, health, received_at=T0 + 5)
+    one = client.get(f"/api/v1/gateways/{GW1}").json()
+    assert one["health"]["state"] == "degraded"
+    assert any("outbox at 86% of its 256 MiB bound" in r for r in one["health"]["reasons"])
 
 
 def test_gateway_pagination(client: ApiClient) -> None:

@@ -59,6 +59,10 @@ def test_last_will_is_offline_until_heard_again() -> None:
         (GatewayFacts(last_seen=T0, outbox_depth=1001), "outbox holds 1001 entries"),
         (GatewayFacts(last_seen=T0, outbox_oldest_age_s=601), "601 s old"),
         (GatewayFacts(last_seen=T0, radio_crc_ok=70, radio_crc_bad=30), "CRC error rate 30%"),
+        (
+            GatewayFacts(last_seen=T0, outbox_bytes=230 << 20, outbox_max_bytes=256 << 20),
+            "outbox at 90% of its 256 MiB bound",
+        ),
     ],
 )
 def test_degraded_above_thresholds(facts: GatewayFacts, reason: str) -> None:
@@ -72,6 +76,11 @@ def test_at_thresholds_and_few_frames_stay_online() -> None:
         last_seen=T0, outbox_depth=1000, outbox_oldest_age_s=600, radio_crc_ok=80, radio_crc_bad=20
     )
     assert state(at_limit, T0) is GatewayState.ONLINE
+    below = GatewayFacts(last_seen=T0, outbox_bytes=79, outbox_max_bytes=100)
+    assert state(below, T0) is GatewayState.ONLINE
+    assert state(below, T0, outbox_fill_max=0.75) is GatewayState.DEGRADED
+    unknown_bound = GatewayFacts(last_seen=T0, outbox_bytes=10**9)
+    assert state(unknown_bound, T0) is GatewayState.ONLINE
     few = GatewayFacts(last_seen=T0, radio_crc_ok=1, radio_crc_bad=9)
     assert state(few, T0) is GatewayState.ONLINE
     assert state(few, T0, radio_crc_min_frames=10) is GatewayState.DEGRADED
@@ -87,3 +96,5 @@ def test_thresholds_are_validated() -> None:
         HealthThresholds(radio_crc_error_rate_max=1.5)
     with pytest.raises(ValueError, match="missed_heartbeats_offline"):
         HealthThresholds(missed_heartbeats_offline=0)
+    with pytest.raises(ValueError, match="outbox_fill_max"):
+        HealthThresholds(outbox_fill_max=0)
