@@ -840,6 +840,7 @@ class EdgeAgent:
             "outbox": {
                 "depth": outbox.depth,
                 "bytes": outbox.bytes,
+                "used_bytes": outbox.used_bytes,
                 "max_bytes": outbox.max_bytes,
                 "warning": outbox.warning,
                 "oldest_age_s": outbox.oldest_age_s,
@@ -935,7 +936,7 @@ class EdgeAgent:
             outbox_depth=outbox.depth,
             outbox_oldest_age_s=None if outbox.oldest_age_s is None else int(outbox.oldest_age_s),
             outbox_evicted=outbox.evicted,
-            outbox_bytes=outbox.bytes,
+            outbox_bytes=outbox.used_bytes,
             outbox_max_bytes=outbox.max_bytes,
             reconnects=uplink.reconnects + counters.reconnects,
         )

@@ -313,7 +313,7 @@ def _not_connected(part: dict[str, Any]) -> str:
 
 
 def _fill(outbox: dict[str, Any]) -> str:
-    used, bound = outbox.get("bytes"), outbox.get("max_bytes")
+    used, bound = outbox.get("used_bytes", outbox.get("bytes")), outbox.get("max_bytes")
     if not isinstance(used, int) or not isinstance(bound, int) or bound <= 0:
         return ""
     return (

@@ -22,9 +22,12 @@ per uplink), so the price is paid a few times a minute. One connection, owned by
 thread; ``BEGIN IMMEDIATE`` takes the write lock up front and ``busy_timeout`` waits for a
 checkpoint or a reader (the CLI, a backup) instead of failing with "database is locked".
 
-The outbox is bounded (``max_outbox_bytes``): a new entry evicts the oldest ones first, and
-every eviction is counted (``meta``), because silently dropping data is worse than dropping it.
-At :data:`OUTBOX_WARN_FRACTION` of the bound it warns first. A file system that fills up before
+The outbox is bounded by size on disk (``max_outbox_bytes``): the database file never grows
+beyond it (SQLite's ``max_page_count``; the WAL beside it is truncated to
+:data:`WAL_SIZE_LIMIT_BYTES` after each checkpoint), and the payload it holds never exceeds it
+either. A write that finds no room evicts the oldest entries first, and every eviction is
+counted (``meta``), because silently dropping data is worse than dropping it. At
+:data:`OUTBOX_WARN_FRACTION` of the bound it warns first. A file system that fills up before
 the bound (an SD card shared with logs) is handled the same way: the oldest entries make room,
 counted as evictions, instead of the write failing over and over.
 """
@@ -64,10 +67,17 @@ DEFAULT_MAX_OUTBOX_BYTES: Final = 256 * 1024 * 1024
 #: again after it went below :data:`OUTBOX_WARN_CLEAR_FRACTION` and came back.
 OUTBOX_WARN_FRACTION: Final = 0.8
 OUTBOX_WARN_CLEAR_FRACTION: Final = 0.7
-#: When the file system is full (SQLITE_FULL) before the outbox reached its bound, the oldest
-#: entries holding at least this many bytes (or four times the new entry) are evicted so the
-#: pages they free take the new one.
+#: When a write finds no room (SQLITE_FULL: the database file is at its bound, or the file
+#: system is full), the oldest entries holding at least this many bytes (at most a 32nd of the
+#: bound, and at least four times the new entry) are evicted so the pages they free take the
+#: new one.
 DISK_FULL_EVICT_BYTES: Final = 1024 * 1024
+#: The database file may always grow to at least this many pages (sessions and a few batches),
+#: whatever the bound.
+MIN_FILE_PAGES: Final = 64
+#: Evictions are logged when they start, then at most once per this many seconds, with the
+#: totals since the last line: a day-long outage must not write a line per batch.
+EVICTION_LOG_INTERVAL_S: Final = 60.0
 #: After a checkpoint the WAL file is truncated to this size, so it does not keep the space
 #: of the largest burst forever (SQLite's journal_size_limit).
 WAL_SIZE_LIMIT_BYTES: Final = 8 * 1024 * 1024
@@ -133,6 +143,8 @@ class OutboxStats(NamedTuple):
     max_bytes: int
     warning: bool
     """At or above :data:`OUTBOX_WARN_FRACTION` of ``max_bytes``."""
+    used_bytes: int
+    """How much of ``max_bytes`` is used on disk (:attr:`StateDb.used_bytes`)."""
 
 
 class _DiskFull(Exception):
@@ -227,6 +239,13 @@ class StateDb:
                 raise StateError(f"{self.path}: SQLite refused WAL mode (got {mode})")
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
+            self._page_size: int = self._db.execute("PRAGMA page_size").fetchone()[0]
+            # The hard bound on the file. SQLite keeps the current size if it is larger (a
+            # bound lowered since): then the file stays as it is and evictions make room.
+            wanted_pages = max(MIN_FILE_PAGES, -(-max_outbox_bytes // self._page_size))
+            self._max_pages: int = self._db.execute(
+                f"PRAGMA max_page_count = {wanted_pages}"
+            ).fetchone()[0]
             self._migrate()
             row = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM outbox").fetchone()
         except StateError:
@@ -239,6 +258,9 @@ class StateDb:
         self._bytes: int = row[1]
         self._seq: int = self._meta("batch_seq")
         self._warning = False
+        # Evictions not yet logged, and when the last eviction line was written (monotonic).
+        self._unlogged_evictions = [0, 0]
+        self._eviction_logged_at: float | None = None
         self._check_fill()
 
     @classmethod
@@ -379,13 +401,15 @@ class StateDb:
         try:
             return self._put(topic, payload, now, delayed, f_cnts, node_seqs, batch_seq, 0)
         except _DiskFull:
-            make_room = max(DISK_FULL_EVICT_BYTES, 4 * size)
-            _log.error(
-                "%s: the file system is full; evicting the oldest outbox messages (%d bytes or"
-                " more) to store new data; free space on it",
-                self.path,
-                make_room,
-            )
+            make_room = max(4 * size, min(DISK_FULL_EVICT_BYTES, self.max_outbox_bytes // 32))
+            if self.file_bytes < self._max_pages * self._page_size - make_room:
+                # Not our bound: the file system itself is full.
+                _log.error(
+                    "%s: the file system is full; evicting the oldest outbox messages (%d bytes"
+                    " or more) to store new data; free space on it",
+                    self.path,
+                    make_room,
+                )
         try:
             return self._put(topic, payload, now, delayed, f_cnts, node_seqs, batch_seq, make_room)
         except _DiskFull as err:
@@ -458,23 +482,61 @@ class StateDb:
         if batch_seq is not None:
             self._seq = max(self._seq, batch_seq + 1)
         if evicted:
-            _log.warning(
-                "outbox full (%d bytes bound, or the disk): evicted the %d oldest messages"
-                " (%d bytes)",
-                self.max_outbox_bytes,
-                evicted,
-                evicted_bytes,
-            )
+            self._log_evictions(evicted, evicted_bytes)
         self._check_fill()
         return entry_id
 
+    def _log_evictions(self, count: int, size: int) -> None:
+        pending = self._unlogged_evictions
+        pending[0] += count
+        pending[1] += size
+        now = time.monotonic()
+        last = self._eviction_logged_at
+        if last is not None and now - last < EVICTION_LOG_INTERVAL_S:
+            return
+        _log.warning(
+            "outbox full (%d-byte bound on disk): evicted the %d oldest messages (%d bytes)%s;"
+            " %d evicted in all",
+            self.max_outbox_bytes,
+            pending[0],
+            pending[1],
+            "" if last is None else f" in the last {now - last:.0f} s",
+            self._meta("evicted"),
+        )
+        self._eviction_logged_at = now
+        pending[0] = pending[1] = 0
+
+    @property
+    def file_bytes(self) -> int:
+        """Bytes of the database file in use (pages not on SQLite's free list): what the
+        bound on disk limits."""
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * self._page_size)
+
+    @property
+    def fill(self) -> float:
+        """The share of the bound in use: the larger of the payload waiting over the bound
+        and the file in use over the file's bound (the file adds page and index overhead to
+        the payload, about a third)."""
+        return max(
+            self._bytes / self.max_outbox_bytes,
+            self.file_bytes / (self._max_pages * self._page_size),
+        )
+
+    @property
+    def used_bytes(self) -> int:
+        """How much of the bound is used, in bytes: :attr:`fill` times the bound."""
+        return round(self.fill * self.max_outbox_bytes)
+
     def _check_fill(self) -> None:
-        fill = self._bytes / self.max_outbox_bytes
+        # Two PRAGMAs per write (a few microseconds against the millisecond of a commit).
+        fill = self.fill
         if not self._warning and fill >= OUTBOX_WARN_FRACTION:
             self._warning = True
             _log.warning(
-                "outbox at %.0f %% of its %d-byte bound (%d messages waiting): the backhaul has"
-                " been down a while; at 100 %% the oldest data is evicted",
+                "outbox at %.0f %% of its %d-byte bound on disk (%d messages waiting): the"
+                " backhaul has been down a while; at 100 %% the oldest data is evicted",
                 fill * 100,
                 self.max_outbox_bytes,
                 self._depth,
@@ -563,4 +625,5 @@ class StateDb:
             self._meta("evicted_bytes"),
             self.max_outbox_bytes,
             self._warning,
+            self.used_bytes,
         )

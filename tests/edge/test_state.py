@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import stat
 import threading
@@ -246,3 +247,30 @@ def test_readers_and_a_briefly_held_write_lock_never_make_writes_fail(tmp_path: 
         finally:
             reader.close()
             writer.close()
+
+
+def test_the_file_on_disk_never_grows_beyond_the_bound(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bound = 1024 * 1024
+    rng = random.Random(5)
+    sizes = [rng.randrange(200, 2500) for _ in range(3000)]
+    with (
+        caplog.at_level("WARNING", logger="owlgate.edge.state"),
+        StateDb.in_dir(tmp_path, max_outbox_bytes=bound) as state,
+    ):
+        ids = [
+            state.put("telemetry", rng.randbytes(size), float(n)) for n, size in enumerate(sizes)
+        ]
+        stats = state.stats(4000.0)
+        # Everything written is either waiting or counted as evicted, oldest first.
+        assert stats.depth + stats.evicted == len(sizes)
+        assert [entry.id for entry in state.pending(len(sizes))] == ids[-stats.depth :]
+        assert stats.warning
+        assert 0.8 <= stats.used_bytes / bound <= 1.0
+        assert state.file_bytes <= bound
+    assert (tmp_path / STATE_FILE).stat().st_size <= bound
+    # Eviction is logged when it starts, not once per write.
+    evictions = [r for r in caplog.records if "evicted the" in r.getMessage()]
+    assert len(evictions) == 1
+    assert stats.evicted > 100
