@@ -10,9 +10,10 @@ One supervisor task owns the connection: it opens the port, checks the module an
 ``AT``, puts it in LoRa P2P mode if it is not (``AT+NWM=0``, which restarts the module), sets
 the radio (``AT+P2P``, ``AT+IQINVER=0``) and starts continuous receive (``AT+PRECV=65534``).
 Then it reads until the port goes away, reconfiguring whenever the module restarts (its
-banner) or stops answering the periodic ``AT``, and reopens the port after an exponential
-backoff with jitter. :meth:`Rak3172Backend.frames` does not notice any of it beyond the
-packets missed meanwhile.
+banner) or stops answering the periodic ``AT``, and reopens the port as soon as an unplugged
+device path is back, or after an exponential backoff with jitter
+(:class:`~owlgate.edge.link.ReconnectingLink`). :meth:`Rak3172Backend.frames` does not
+notice any of it beyond the packets missed meanwhile.
 
 The module has no clock the host can read, so every time here is the host's monotonic clock
 in microseconds, modulo 2**32 like a concentrator's counter: an :class:`RxFrame`'s
@@ -23,7 +24,6 @@ the uplink's stamp + 1 s) is sent when the host clock gets there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
@@ -31,10 +31,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Final, Self
-
-import serial_asyncio_fast
+from typing import Final
 
 from ..codecs.concentrator import (
     BANDWIDTHS_HZ,
@@ -70,6 +67,7 @@ from ..codecs.rui3 import (
     parse_values,
 )
 from .errors import RadioDisconnected, RadioError, RadioRefused, RadioTimeout
+from .link import ConsumerQueue, LinkOwner, ReconnectingLink, serial_session
 from .radio import RadioBackend, RadioCounters, RadioStatus
 
 log = logging.getLogger(__name__)
@@ -112,7 +110,6 @@ _COUNTER_MODULUS: Final = 1 << 32
 _HALF_COUNTER: Final = 1 << 31
 _TOKEN_MAX: Final = 0xFFFF
 _READ_SIZE: Final = 4096
-_CLOSE_TIMEOUT_S: Final = 2.0
 _AT_ATTEMPTS: Final = 3
 
 #: How a refused command maps onto the common error codes.
@@ -158,7 +155,7 @@ def airtime_s(
     return (preamble + 4.25) * symbol_s + symbols * symbol_s
 
 
-class Rak3172Backend(RadioBackend):
+class Rak3172Backend(LinkOwner[RadioStatus], RadioBackend):
     """A RAK3172 on ``port`` (device path or pyserial URL), receiving LoRa P2P on one
     channel: ``frequency_hz``, ``spreading_factor``, ``bandwidth_hz``, ``coding_rate`` (RUI3
     numbering: 0 = 4/5 .. 3 = 4/8), ``preamble`` symbols; ``tx_power_dbm`` is the power set
@@ -207,11 +204,6 @@ class Rak3172Backend(RadioBackend):
             )
         if busy_attempts < 1:
             raise ValueError(f"busy_attempts must be at least 1, got {busy_attempts}")
-        if not 0 < reconnect_initial_s <= reconnect_max_s:
-            raise ValueError(
-                f"need 0 < reconnect_initial_s <= reconnect_max_s, got {reconnect_initial_s}"
-                f" and {reconnect_max_s}"
-            )
         # Validated through the command table now, not at the first connection.
         encode_set("P2P", frequency_hz, spreading_factor, bandwidth_hz // 1000, coding_rate,
                    preamble, tx_power_dbm)  # fmt: skip
@@ -241,7 +233,7 @@ class Rak3172Backend(RadioBackend):
         self._counters = RadioCounters()
         self._busy_retries = 0
         self._restarts = 0
-        self._queue: asyncio.Queue[RxFrame | None] = asyncio.Queue()
+        self._queue = ConsumerQueue[RxFrame](max_queued_frames)
         self._line_lock = asyncio.Lock()  # one command in flight
         self._radio_lock = asyncio.Lock()  # one multi-command sequence (configure, transmit)
         self._pending: _Pending | None = None
@@ -250,82 +242,29 @@ class Rak3172Backend(RadioBackend):
         self._receive_lost = asyncio.Event()
         self._token = 0
         self._writer: asyncio.StreamWriter | None = None
-        self._connected = asyncio.Event()
-        self._disconnected = asyncio.Event()
-        self._disconnected.set()
-        self._supervisor: asyncio.Task[None] | None = None
-        self._closed = False
-        self._ever_connected = False
-        self._failure_logged = False
-        self._last_error: str | None = None
         self._firmware: str | None = None
+        self._link = ReconnectingLink(
+            self._session,
+            name="RAK3172",
+            port=port,
+            logger=log,
+            reconnect_initial_s=reconnect_initial_s,
+            reconnect_max_s=reconnect_max_s,
+            rng=self._rng,
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._supervisor is not None or self._closed:
-            raise RadioError("a Rak3172Backend is entered once")
-        self._supervisor = asyncio.create_task(self._supervise(), name=f"rak3172 {self._port}")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the port, fail pending commands, and end :meth:`frames` (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        task = self._supervisor
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task})
-            if not task.cancelled() and task.exception() is not None:
-                log.error("RAK3172 supervisor on %s failed", self._port, exc_info=task.exception())
-        self._set_connected(False)
+    def _on_closed(self) -> None:
         self._fail_waiters(RadioDisconnected("the backend is closed"))
-        self._queue.put_nowait(None)
-
-    async def wait_connected(self, timeout_s: float) -> RadioStatus:
-        """Wait until the module is configured and receiving; :class:`RadioTimeout` after
-        ``timeout_s``."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._connected.wait()
-        except TimeoutError as err:
-            raise RadioTimeout(
-                f"RAK3172 on {self._port} not connected after {timeout_s} s"
-                f" (last error: {self._last_error})"
-            ) from err
-        return self.status
-
-    async def wait_disconnected(self, timeout_s: float) -> RadioStatus:
-        """Wait until the module is not receiving (lost, restarting, or not yet connected);
-        :class:`RadioTimeout` after ``timeout_s``."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._disconnected.wait()
-        except TimeoutError as err:
-            raise RadioTimeout(
-                f"RAK3172 on {self._port} still connected after {timeout_s} s"
-            ) from err
-        return self.status
+        self._queue.end()
 
     # --- the consumer's side ------------------------------------------------------------------
 
     async def frames(self) -> AsyncIterator[RxFrame]:
         """The received packets, in arrival order, across reconnections, until the backend
         is closed."""
-        while True:
-            frame = await self._queue.get()
-            if frame is None:
-                self._queue.put_nowait(None)  # the end marker stays for any other iterator
-                return
+        while (frame := await self._queue.next()) is not None:
             self._counters.rx_delivered += 1
             yield frame
 
@@ -401,11 +340,11 @@ class Rak3172Backend(RadioBackend):
         """Connected (configured and receiving) or not, and why the last connection ended.
         A RAK3172 has no ``Hello`` and no configuration id: both are None."""
         return RadioStatus(
-            connected=self._connected.is_set(),
+            connected=self._link.connected,
             port=self._port,
             hello=None,
             config_id=None,
-            last_error=self._last_error,
+            last_error=self._link.last_error,
         )
 
     @property
@@ -428,69 +367,23 @@ class Rak3172Backend(RadioBackend):
         """Replies waited for now: a command and a TX done event (0 when idle)."""
         return int(self._pending is not None) + int(self._tx_done is not None)
 
-    # --- the supervisor -----------------------------------------------------------------------
-
-    async def _supervise(self) -> None:
-        delay_s = self._reconnect_initial_s
-        while True:
-            try:
-                await self._session()
-                reason = "the port closed"
-            except (OSError, RadioError) as err:
-                reason = getattr(err, "message", None) or str(err) or type(err).__name__
-            except Exception as err:
-                # A bug, not the device: logged with its traceback, then handled as a lost
-                # connection, so the port is opened again instead of going silent for good.
-                reason = f"{type(err).__name__}: {err}"
-                log.error("RAK3172 on %s: session failed: %s", self._port, reason, exc_info=err)
-            was_connected = self._connected.is_set()
-            self._set_connected(False)
-            self._last_error = reason
-            if was_connected:
-                log.warning("RAK3172 on %s lost (%s); reconnecting", self._port, reason)
-                delay_s = self._reconnect_initial_s
-                self._failure_logged = False
-            elif not self._failure_logged:
-                log.warning(
-                    "RAK3172 on %s unavailable (%s); retrying, at most every %.1f s",
-                    self._port,
-                    reason,
-                    self._reconnect_max_s,
-                )
-                self._failure_logged = True
-            else:
-                log.debug("RAK3172 on %s still unavailable: %s", self._port, reason)
-            # Equal jitter, as the serial concentrator backend: no retries in step.
-            await asyncio.sleep(delay_s / 2 + self._rng.uniform(0, delay_s / 2))
-            delay_s = min(delay_s * 2, self._reconnect_max_s)
+    # --- one session -------------------------------------------------------------------------
 
     async def _session(self) -> None:
-        try:
-            async with asyncio.timeout(self._open_timeout_s):
-                reader, writer = await serial_asyncio_fast.open_serial_connection(
-                    url=self._port, baudrate=self._baudrate
-                )
-        except ValueError as err:
-            raise RadioError(f"cannot open {self._port!r}: {err}") from err
-        self._decoder.reset()
-        self._writer = writer
-        reader_task = asyncio.create_task(self._read_loop(reader), name=f"read {self._port}")
-        try:
-            async with self._radio_lock:
-                await self._configure()
-            self._on_connected()
-            await self._watch(reader_task)
-        finally:
-            self._writer = None
-            reader_task.cancel()
-            await asyncio.wait({reader_task})
-            if not reader_task.cancelled():
-                reader_task.exception()  # retrieved; the session's own outcome says what happened
-            self._fail_waiters(RadioDisconnected("the connection to the RAK3172 was lost"))
-            writer.close()
-            with contextlib.suppress(OSError):
-                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                    await writer.wait_closed()
+        """One connection: open, configure, watch until the port goes away."""
+        async with serial_session(
+            self._port, self._baudrate, self._open_timeout_s, self._read_loop
+        ) as (writer, reader_task):
+            self._decoder.reset()
+            self._writer = writer
+            try:
+                async with self._radio_lock:
+                    await self._configure()
+                self._on_connected()
+                await self._watch(reader_task)
+            finally:
+                self._writer = None
+                self._fail_waiters(RadioDisconnected("the connection to the RAK3172 was lost"))
 
     async def _watch(self, reader_task: asyncio.Task[None]) -> None:
         """While connected: restarts, a receive that ended, the keepalive."""
@@ -527,13 +420,13 @@ class Rak3172Backend(RadioBackend):
         # firmware the P2P settings): configure it all again.
         log.warning("RAK3172 on %s: %s; configuring it again", self._port, why)
         self._restarts += 1
-        self._set_connected(False)
+        self._link.set_connected(False)
         await self._configure()
         self._counters.reconnects += 1
-        self._set_connected(True)
+        self._link.set_connected(True)
 
     def _on_connected(self) -> None:
-        if self._ever_connected:
+        if self._link.established():
             self._counters.reconnects += 1
             log.info("RAK3172 on %s reconnected", self._port)
         else:
@@ -545,18 +438,6 @@ class Rak3172Backend(RadioBackend):
                 self._bandwidth_hz // 1000,
                 self._firmware,
             )
-        self._ever_connected = True
-        self._failure_logged = False
-        self._last_error = None
-        self._set_connected(True)
-
-    def _set_connected(self, connected: bool) -> None:
-        if connected:
-            self._disconnected.clear()
-            self._connected.set()
-        else:
-            self._connected.clear()
-            self._disconnected.set()
 
     async def _configure(self) -> None:
         """The configuration sequence (``docs/radios/rak3172.md``, "The AT conversation");
@@ -702,9 +583,9 @@ class Rak3172Backend(RadioBackend):
     # --- commands -----------------------------------------------------------------------------
 
     def _require_connected(self) -> None:
-        if not self._connected.is_set():
+        if not self._link.connected:
             raise RadioDisconnected(
-                f"RAK3172 on {self._port} not connected (last error: {self._last_error})"
+                f"RAK3172 on {self._port} not connected (last error: {self._link.last_error})"
             )
 
     def _next_token(self) -> int:
@@ -854,8 +735,8 @@ class Rak3172Backend(RadioBackend):
             log.warning("RAK3172 packet dropped: %s", err)
             return
         counters.rx_crc_ok += 1
-        if self._queue.qsize() >= self._max_queued_frames:
+        if self._queue.full:
             counters.rx_dropped += 1
             log.debug("consumer behind: dropped a received packet")
             return
-        self._queue.put_nowait(frame)
+        self._queue.put(frame)

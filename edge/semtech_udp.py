@@ -23,7 +23,6 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final, Self
 
 from ..codecs.concentrator import CrcStatus, RxFrame, TxAck, TxError, TxRequest
@@ -43,6 +42,7 @@ from ..codecs.gwmp import (
     parse_header,
 )
 from .errors import RadioDisconnected, RadioError, RadioTimeout
+from .link import ConsumerQueue, stop_task, within
 from .radio import RadioBackend, RadioCounters, RadioStatus
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class SemtechUdpBackend(RadioBackend):
         self._foreign = 0
         self._foreign_logged: set[bytes] = set()
         self._stats = ForwarderStats()
-        self._queue: asyncio.Queue[RxFrame | None] = asyncio.Queue()
+        self._queue = ConsumerQueue[RxFrame](max_queued_frames)
         self._waiters: dict[int, asyncio.Future[TxAckDatagram]] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self._local_port: int | None = None
@@ -180,12 +180,7 @@ class SemtechUdpBackend(RadioBackend):
         log.info("listening for a packet forwarder on udp://%s:%d", self._host, self._local_port)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -193,13 +188,7 @@ class SemtechUdpBackend(RadioBackend):
         if self._closed:
             return
         self._closed = True
-        task = self._monitor
-        if task is not None:
-            task.cancel()
-            # wait(), not await: the monitor's cancellation is not this task's.
-            await asyncio.wait({task})
-            if not task.cancelled() and task.exception() is not None:
-                log.error("keep-alive monitor failed", exc_info=task.exception())
+        await stop_task(self._monitor, log, "keep-alive monitor failed")
         self._disconnected.set()
         if self._transport is not None:
             self._transport.close()
@@ -207,7 +196,7 @@ class SemtechUdpBackend(RadioBackend):
         for future in self._waiters.values():
             if not future.done():
                 future.set_exception(RadioDisconnected("the backend is closed"))
-        self._queue.put_nowait(None)
+        self._queue.end()
 
     @property
     def local_port(self) -> int:
@@ -219,38 +208,36 @@ class SemtechUdpBackend(RadioBackend):
     async def wait_connected(self, timeout_s: float) -> RadioStatus:
         """Wait until a PULL_DATA from the served gateway arrived within ``pull_timeout_s``;
         :class:`RadioTimeout` after ``timeout_s``."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                while not self._is_connected():
-                    self._pulled.clear()
-                    await self._pulled.wait()
-        except TimeoutError as err:
+
+        def late() -> RadioTimeout:
             where = _host_port(self._host, self._local_port or self._port)
-            raise RadioTimeout(
+            return RadioTimeout(
                 f"no PULL_DATA from a packet forwarder on udp://{where} within {timeout_s} s"
-            ) from err
+            )
+
+        await within(self._until_connected(), timeout_s, late)
         return self.status
+
+    async def _until_connected(self) -> None:
+        while not self._is_connected():
+            self._pulled.clear()
+            await self._pulled.wait()
 
     async def wait_disconnected(self, timeout_s: float) -> RadioStatus:
         """Wait until ``pull_timeout_s`` passed without a PULL_DATA; :class:`RadioTimeout`
         after ``timeout_s``."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._disconnected.wait()
-        except TimeoutError as err:
-            raise RadioTimeout(f"packet forwarder still connected after {timeout_s} s") from err
+        await within(
+            self._disconnected.wait(),
+            timeout_s,
+            lambda: RadioTimeout(f"packet forwarder still connected after {timeout_s} s"),
+        )
         return self.status
 
     # --- the consumer's side ------------------------------------------------------------------
 
     async def frames(self) -> AsyncIterator[RxFrame]:
         """The received packets with a good or no CRC, in arrival order, until closed."""
-        while True:
-            frame = await self._queue.get()
-            if frame is None:
-                # Leave the end marker for any other iterator.
-                self._queue.put_nowait(None)
-                return
+        while (frame := await self._queue.next()) is not None:
             self._counters.rx_delivered += 1
             yield frame
 
@@ -493,11 +480,11 @@ class SemtechUdpBackend(RadioBackend):
                 counters.rx_crc_ok += 1
             # stat 0 (no CRC) is delivered, as RadioBackend promises for packets without a
             # CRC: the LoRaWAN layer's MIC check is what rejects a damaged one.
-            if self._queue.qsize() >= self._max_queued_frames:
+            if self._queue.full:
                 counters.rx_dropped += 1
                 log.debug("consumer behind: dropped a received packet")
                 continue
-            self._queue.put_nowait(frame)
+            self._queue.put(frame)
 
     def _on_stat(self, stat: Stat) -> None:
         old = self._stats

@@ -8,24 +8,21 @@ answers by token and hands received packets to the consumer (api).
 
 One supervisor task owns the connection: it opens the port, says ``HELLO``, checks the
 protocol version and capabilities, sends the ``RADIO_CONFIG`` and waits for its ack, then
-reads until the port goes away (USB unplugged, EOF, read error), and starts again after an
-exponential backoff with jitter. The consumer's :meth:`SerialConcentrator.frames` iterator
-does not notice a reconnection beyond the packets missed meanwhile.
+reads until the port goes away (USB unplugged, EOF, read error), and starts again as soon as
+an unplugged device path is back, or after an exponential backoff with jitter
+(:class:`~owlgate.edge.link.ReconnectingLink`). The consumer's
+:meth:`SerialConcentrator.frames` iterator does not notice a reconnection beyond the packets
+missed meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import os
 import random
 from collections.abc import AsyncIterator
-from types import TracebackType
-from typing import Final, Self, TypeVar
-
-import serial_asyncio_fast
+from typing import Final, TypeVar
 
 from ..codecs.concentrator import (
     PROTOCOL_VERSION,
@@ -48,6 +45,8 @@ from ..codecs.concentrator import (
 from ..codecs.errors import CodecError
 from ..codecs.node.framing import FrameDecoder
 from .errors import RadioDisconnected, RadioError, RadioRefused, RadioTimeout
+from .link import PORT_POLL_S as PORT_POLL_S
+from .link import ConsumerQueue, LinkOwner, ReconnectingLink, serial_session
 from .radio import RadioBackend, RadioCounters, RadioStatus
 
 log = logging.getLogger(__name__)
@@ -69,20 +68,16 @@ OPEN_TIMEOUT_S: Final = 5.0
 #: the 10 s retry of an unreachable concentrator in section "Sequences".
 RECONNECT_INITIAL_S: Final = 0.5
 RECONNECT_MAX_S: Final = 10.0
-#: While the device path is absent (USB unplugged), look for it this often, and open it as
-#: soon as it is back: the backoff is for a device that is there but failing.
-PORT_POLL_S: Final = 0.1
 #: Received packets held for a slow consumer before new ones are dropped (and counted).
 MAX_QUEUED_FRAMES: Final = 1024
 
 _TOKEN_MAX: Final = 0xFFFF
 _READ_SIZE: Final = 4096
-_CLOSE_TIMEOUT_S: Final = 2.0
 
 _Answer = TypeVar("_Answer", Hello, RadioConfigAck, TxAck, Stats)
 
 
-class SerialConcentrator(RadioBackend):
+class SerialConcentrator(LinkOwner[RadioStatus], RadioBackend):
     """A concentrator on ``port`` (a device path such as ``/dev/ttyACM0`` or a pyserial URL
     such as ``rfc2217://host:port``), configured with ``radio_config``.
 
@@ -113,11 +108,6 @@ class SerialConcentrator(RadioBackend):
     ) -> None:
         if hello_attempts < 1:
             raise ValueError(f"hello_attempts must be at least 1, got {hello_attempts}")
-        if not 0 < reconnect_initial_s <= reconnect_max_s:
-            raise ValueError(
-                f"need 0 < reconnect_initial_s <= reconnect_max_s, got {reconnect_initial_s}"
-                f" and {reconnect_max_s}"
-            )
         self._port = port
         self._radio_config = radio_config
         self._baudrate = baudrate
@@ -134,92 +124,37 @@ class SerialConcentrator(RadioBackend):
 
         self._decoder = FrameDecoder()
         self._counters = RadioCounters()
-        self._queue: asyncio.Queue[RxFrame | None] = asyncio.Queue()
+        self._queue = ConsumerQueue[RxFrame](max_queued_frames)
         self._waiters: dict[int, asyncio.Future[Message]] = {}
         self._lock = asyncio.Lock()
         self._token = 0
         self._writer: asyncio.StreamWriter | None = None
-        self._connected = asyncio.Event()
-        self._disconnected = asyncio.Event()
-        self._disconnected.set()
         self._reconfigure = asyncio.Event()
-        self._supervisor: asyncio.Task[None] | None = None
-        self._closed = False
-        self._ever_connected = False
-        self._failure_logged = False
         self._hello: Hello | None = None
         self._config_id: int | None = None
-        self._last_error: str | None = None
         self._last_stats: Stats | None = None
+        self._link = ReconnectingLink(
+            self._session,
+            name="concentrator",
+            port=port,
+            logger=log,
+            reconnect_initial_s=reconnect_initial_s,
+            reconnect_max_s=reconnect_max_s,
+            rng=self._rng,
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._supervisor is not None or self._closed:
-            raise RadioError("a SerialConcentrator is entered once")
-        self._supervisor = asyncio.create_task(self._supervise(), name=f"radio {self._port}")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the port, fail pending requests, and end :meth:`frames` (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        task = self._supervisor
-        if task is not None:
-            task.cancel()
-            # wait(), not await: the supervisor's cancellation is not this task's.
-            await asyncio.wait({task})
-            if not task.cancelled() and task.exception() is not None:
-                log.error("radio supervisor on %s failed", self._port, exc_info=task.exception())
-        self._set_connected(False)
+    def _on_closed(self) -> None:
         self._fail_waiters("the backend is closed")
-        self._queue.put_nowait(None)
-
-    async def wait_connected(self, timeout_s: float) -> RadioStatus:
-        """Wait until the concentrator is configured and receiving; :class:`RadioTimeout`
-        after ``timeout_s``."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._connected.wait()
-        except TimeoutError as err:
-            raise RadioTimeout(
-                f"concentrator on {self._port} not connected after {timeout_s} s"
-                f" (last error: {self._last_error})"
-            ) from err
-        return self.status
-
-    async def wait_disconnected(self, timeout_s: float) -> RadioStatus:
-        """Wait until the concentrator is not connected (lost, or never connected yet);
-        :class:`RadioTimeout` after ``timeout_s``."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._disconnected.wait()
-        except TimeoutError as err:
-            raise RadioTimeout(
-                f"concentrator on {self._port} still connected after {timeout_s} s"
-            ) from err
-        return self.status
+        self._queue.end()
 
     # --- the consumer's side ------------------------------------------------------------------
 
     async def frames(self) -> AsyncIterator[RxFrame]:
         """The received packets with a good or no CRC, in arrival order, across reconnections,
         until the backend is closed."""
-        while True:
-            frame = await self._queue.get()
-            if frame is None:
-                # Leave the end marker for any other iterator.
-                self._queue.put_nowait(None)
-                return
+        while (frame := await self._queue.next()) is not None:
             self._counters.rx_delivered += 1
             yield frame
 
@@ -275,11 +210,11 @@ class SerialConcentrator(RadioBackend):
     def status(self) -> RadioStatus:
         """Connected or not, the concentrator's HELLO and acknowledged configuration."""
         return RadioStatus(
-            connected=self._connected.is_set(),
+            connected=self._link.connected,
             port=self._port,
             hello=self._hello,
             config_id=self._config_id,
-            last_error=self._last_error,
+            last_error=self._link.last_error,
         )
 
     @property
@@ -292,108 +227,44 @@ class SerialConcentrator(RadioBackend):
         """Requests waiting for their answer now (0 when idle: none are left behind)."""
         return len(self._waiters)
 
-    # --- the supervisor -----------------------------------------------------------------------
-
-    async def _supervise(self) -> None:
-        delay_s = self._reconnect_initial_s
-        while True:
-            try:
-                await self._session()
-                reason = "the port closed"
-            except (OSError, RadioError) as err:
-                reason = getattr(err, "message", None) or str(err) or type(err).__name__
-            except Exception as err:
-                # A bug, not the device: logged with its traceback, then handled as a lost
-                # connection, so the backend reconnects instead of going silent for good.
-                reason = f"{type(err).__name__}: {err}"
-                log.error(
-                    "concentrator on %s: session failed: %s", self._port, reason, exc_info=err
-                )
-            was_connected = self._connected.is_set()
-            self._set_connected(False)
-            self._last_error = reason
-            # Log each change of state once, not every retry.
-            if was_connected:
-                log.warning("concentrator on %s lost (%s); reconnecting", self._port, reason)
-                delay_s = self._reconnect_initial_s
-                self._failure_logged = False
-            elif not self._failure_logged:
-                log.warning(
-                    "concentrator on %s unavailable (%s); retrying, at most every %.1f s",
-                    self._port,
-                    reason,
-                    self._reconnect_max_s,
-                )
-                self._failure_logged = True
-            else:
-                log.debug("concentrator on %s still unavailable: %s", self._port, reason)
-            if self._port_absent():
-                # Unplugged: wait for the device node to come back, then open it at once.
-                # A device node has no event to wait on (without inotify): poll its path.
-                while self._port_absent():  # noqa: ASYNC110
-                    await asyncio.sleep(PORT_POLL_S)
-                continue
-            # Equal jitter: half the delay fixed, half random, so gateways that lost power
-            # together do not retry in step, and no retry comes sooner than half the delay.
-            await asyncio.sleep(delay_s / 2 + self._rng.uniform(0, delay_s / 2))
-            delay_s = min(delay_s * 2, self._reconnect_max_s)
-
-    def _port_absent(self) -> bool:
-        """A device path (not a pyserial URL) that does not exist now."""
-        return "://" not in self._port and not os.path.exists(self._port)
+    # --- one session -------------------------------------------------------------------------
 
     async def _session(self) -> None:
         """One connection: open, handshake, read until the port goes away."""
-        try:
-            async with asyncio.timeout(self._open_timeout_s):
-                reader, writer = await serial_asyncio_fast.open_serial_connection(
-                    url=self._port, baudrate=self._baudrate
-                )
-        except ValueError as err:
-            # pyserial's word for a port name or setting it cannot use.
-            raise RadioError(f"cannot open {self._port!r}: {err}") from err
-        # Section "Sequences", start-up: the concentrator may be mid-frame.
-        self._decoder.reset()
-        self._reconfigure.clear()
-        self._writer = writer
-        reader_task = asyncio.create_task(self._read_loop(reader), name=f"read {self._port}")
-        try:
-            await self._handshake(reader_task)
-            self._on_connected()
-            while True:
-                wake = asyncio.create_task(self._reconfigure.wait())
-                try:
-                    await asyncio.wait({reader_task, wake}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    wake.cancel()
-                if reader_task.done():
-                    reader_task.result()  # the read error, if it was one
-                    return
-                # Section "Sequences", concentrator reboot: it lost its configuration.
-                self._reconfigure.clear()
-                log.warning("concentrator on %s lost its configuration; resending", self._port)
-                self._set_connected(False)
-                await self._configure(reader_task)
-                self._set_connected(True)
-        finally:
-            self._writer = None
-            reader_task.cancel()
-            await asyncio.wait({reader_task})
-            if not reader_task.cancelled():
-                # Retrieved here so asyncio does not report it as never retrieved; the
-                # session's own exception (or result) already says what happened.
-                reader_task.exception()
-            self._fail_waiters("the connection to the concentrator was lost")
-            writer.close()
-            with contextlib.suppress(OSError):
-                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                    await writer.wait_closed()
+        async with serial_session(
+            self._port, self._baudrate, self._open_timeout_s, self._read_loop
+        ) as (writer, reader_task):
+            # Section "Sequences", start-up: the concentrator may be mid-frame.
+            self._decoder.reset()
+            self._reconfigure.clear()
+            self._writer = writer
+            try:
+                await self._handshake(reader_task)
+                self._on_connected()
+                while True:
+                    wake = asyncio.create_task(self._reconfigure.wait())
+                    try:
+                        await asyncio.wait({reader_task, wake}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        wake.cancel()
+                    if reader_task.done():
+                        reader_task.result()  # the read error, if it was one
+                        return
+                    # Section "Sequences", concentrator reboot: it lost its configuration.
+                    self._reconfigure.clear()
+                    log.warning("concentrator on %s lost its configuration; resending", self._port)
+                    self._link.set_connected(False)
+                    await self._configure(reader_task)
+                    self._link.set_connected(True)
+            finally:
+                self._writer = None
+                self._fail_waiters("the connection to the concentrator was lost")
 
     def _on_connected(self) -> None:
         hello = self._hello
         assert hello is not None
         assert hello.eui is not None
-        if self._ever_connected:
+        if self._link.established():
             self._counters.reconnects += 1
             log.info("concentrator on %s reconnected", self._port)
         else:
@@ -404,18 +275,6 @@ class SerialConcentrator(RadioBackend):
                 hello.eui.hex(),
                 self._config_id,
             )
-        self._ever_connected = True
-        self._failure_logged = False
-        self._last_error = None
-        self._set_connected(True)
-
-    def _set_connected(self, connected: bool) -> None:
-        if connected:
-            self._disconnected.clear()
-            self._connected.set()
-        else:
-            self._connected.clear()
-            self._disconnected.set()
 
     async def _handshake(self, reader_task: asyncio.Task[None]) -> None:
         answer: Message | None = None
@@ -476,9 +335,9 @@ class SerialConcentrator(RadioBackend):
     # --- requests and answers -----------------------------------------------------------------
 
     def _require_connected(self) -> None:
-        if not self._connected.is_set():
+        if not self._link.connected:
             raise RadioDisconnected(
-                f"concentrator on {self._port} not connected (last error: {self._last_error})"
+                f"concentrator on {self._port} not connected (last error: {self._link.last_error})"
             )
 
     def _next_token(self) -> int:
@@ -591,7 +450,7 @@ class SerialConcentrator(RadioBackend):
 
     def _on_stats(self, stats: Stats) -> None:
         self._last_stats = stats
-        if self._connected.is_set() and stats.config_id != self._config_id:
+        if self._link.connected and stats.config_id != self._config_id:
             # Section "Sequences", concentrator reboot: when its HELLO was lost, the
             # configuration it reports in use tells the same.
             log.info(
@@ -612,8 +471,8 @@ class SerialConcentrator(RadioBackend):
             return
         if frame.crc_status is CrcStatus.OK:
             counters.rx_crc_ok += 1
-        if self._queue.qsize() >= self._max_queued_frames:
+        if self._queue.full:
             counters.rx_dropped += 1
             log.debug("consumer behind: dropped a received packet")
             return
-        self._queue.put_nowait(frame)
+        self._queue.put(frame)

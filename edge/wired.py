@@ -8,8 +8,9 @@ each answer to the one request outstanding and hands readings to the consumer (a
 
 The bus is half-duplex: one supervisor task owns the port, sends one request at a time and
 waits for that node's answer (or ``response_timeout_s``) before the next, so on a shared
-RS-485 pair only one side ever transmits. It reopens the port with an exponential backoff
-when the line goes away (USB adapter unplugged, read error).
+RS-485 pair only one side ever transmits. When the line goes away (USB adapter unplugged,
+read error) it reopens the port as soon as the device path is back, or after an exponential
+backoff while the port is there but failing (:class:`~owlgate.edge.link.ReconnectingLink`).
 
 Lossless rule (protocol section "Acknowledgment"): a POLL acknowledges only what the agent
 declared durable through :meth:`WiredBus.commit`, never what was merely delivered, so a
@@ -19,7 +20,6 @@ gateway that crashes between delivery and storage gets the same readings again f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import random
@@ -27,10 +27,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Final, Self
-
-import serial_asyncio_fast
+from typing import Final
 
 from ..codecs.errors import CodecError
 from ..codecs.node import cbor
@@ -53,6 +50,7 @@ from ..codecs.node.wired import (
 )
 from ..codecs.node.wired import Error as NodeError
 from .errors import EdgeError
+from .link import ConsumerQueue, LinkOwner, ReconnectingLink, serial_session
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +212,7 @@ class _NodeState:
     status: Status | None = None
 
 
-class WiredBus:
+class WiredBus(LinkOwner[WiredBusStatus]):
     """The bus master for the wired nodes ``nodes`` on ``port`` (a device path such as
     ``/dev/ttyUSB0`` or a pyserial URL).
 
@@ -252,11 +250,6 @@ class WiredBus:
             )
         if silent_after_polls < 1:
             raise WiredBusError(f"silent_after_polls must be at least 1, got {silent_after_polls}")
-        if not 0 < reconnect_initial_s <= reconnect_max_s:
-            raise WiredBusError(
-                f"need 0 < reconnect_initial_s <= reconnect_max_s, got {reconnect_initial_s}"
-                f" and {reconnect_max_s}"
-            )
         done = dict(committed or {})
         self._nodes: list[_NodeState] = []
         by_address: set[int] = set()
@@ -287,70 +280,30 @@ class WiredBus:
 
         self._decoder = FrameDecoder()
         self._counters = WiredCounters()
-        self._queue: asyncio.Queue[Reading | None] = asyncio.Queue()
+        self._queue = ConsumerQueue[Reading](max_queued_readings)
         self._inbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._writer: asyncio.StreamWriter | None = None
-        self._connected = asyncio.Event()
-        self._disconnected = asyncio.Event()
-        self._disconnected.set()
-        self._supervisor: asyncio.Task[None] | None = None
-        self._closed = False
-        self._ever_connected = False
-        self._failure_logged = False
-        self._last_error: str | None = None
+        try:
+            self._link = ReconnectingLink(
+                self._session,
+                name="wired bus",
+                port=port,
+                logger=log,
+                reconnect_initial_s=reconnect_initial_s,
+                reconnect_max_s=reconnect_max_s,
+                rng=self._rng,
+                error_type=WiredBusError,
+                timeout_type=WiredBusTimeout,
+            )
+        except ValueError as err:
+            raise WiredBusError(str(err)) from err
         # What was logged as a warning already: repeats go to debug (the counters count).
         self._warned: set[tuple[object, ...]] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._supervisor is not None or self._closed:
-            raise WiredBusError("a WiredBus is entered once")
-        self._supervisor = asyncio.create_task(self._supervise(), name=f"wired {self._port}")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Stop polling, close the port and end :meth:`readings` (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        task = self._supervisor
-        if task is not None:
-            task.cancel()
-            # wait(), not await: the supervisor's cancellation is not this task's.
-            await asyncio.wait({task})
-            if not task.cancelled() and task.exception() is not None:
-                log.error("wired bus on %s failed", self._port, exc_info=task.exception())
-        self._set_connected(False)
-        self._queue.put_nowait(None)
-
-    async def wait_connected(self, timeout_s: float) -> WiredBusStatus:
-        """Wait until the port is open; :class:`WiredBusTimeout` after ``timeout_s``."""
-        await self._wait(self._connected, timeout_s, "not connected")
-        return self.status
-
-    async def wait_disconnected(self, timeout_s: float) -> WiredBusStatus:
-        """Wait until the port is not open; :class:`WiredBusTimeout` after ``timeout_s``."""
-        await self._wait(self._disconnected, timeout_s, "still connected")
-        return self.status
-
-    async def _wait(self, event: asyncio.Event, timeout_s: float, what: str) -> None:
-        try:
-            async with asyncio.timeout(timeout_s):
-                await event.wait()
-        except TimeoutError as err:
-            raise WiredBusTimeout(
-                f"wired bus on {self._port} {what} after {timeout_s} s"
-                f" (last error: {self._last_error})"
-            ) from err
+    def _on_closed(self) -> None:
+        self._queue.end()
 
     # --- the consumer's side ------------------------------------------------------------------
 
@@ -358,12 +311,7 @@ class WiredBus:
         """The nodes' readings in arrival order (``fcnt``: the node's sequence number,
         ``time_s``: UTC seconds from the node's age field and the host clock), across
         reconnections, until the bus is closed. Duplicates never appear here."""
-        while True:
-            reading = await self._queue.get()
-            if reading is None:
-                # Leave the end marker for any other iterator.
-                self._queue.put_nowait(None)
-                return
+        while (reading := await self._queue.next()) is not None:
             yield reading
 
     def commit(self, dev_eui: bytes, seq: int) -> None:
@@ -398,7 +346,7 @@ class WiredBus:
     def status(self) -> WiredBusStatus:
         """Connected or not, the port, and why the last connection ended."""
         return WiredBusStatus(
-            connected=self._connected.is_set(), port=self._port, last_error=self._last_error
+            connected=self._link.connected, port=self._port, last_error=self._link.last_error
         )
 
     @staticmethod
@@ -424,98 +372,38 @@ class WiredBus:
             node_uptime_s=None if status is None else status.uptime_s,
         )
 
-    # --- the supervisor -----------------------------------------------------------------------
-
-    async def _supervise(self) -> None:
-        delay_s = self._reconnect_initial_s
-        while True:
-            try:
-                await self._session()
-                reason = "the port closed"
-            except (OSError, EdgeError) as err:
-                reason = getattr(err, "message", None) or str(err) or type(err).__name__
-            except Exception as err:
-                # A bug, not the device: logged with its traceback, then handled as a lost
-                # connection, so the port is opened again instead of going silent for good.
-                reason = f"{type(err).__name__}: {err}"
-                log.error("wired bus on %s: session failed: %s", self._port, reason, exc_info=err)
-            was_connected = self._connected.is_set()
-            self._set_connected(False)
-            self._writer = None
-            self._last_error = reason
-            # Log each change of state once, not every retry.
-            if was_connected:
-                log.warning("wired bus on %s lost (%s); reconnecting", self._port, reason)
-                delay_s = self._reconnect_initial_s
-                self._failure_logged = False
-            elif not self._failure_logged:
-                log.warning(
-                    "wired bus on %s unavailable (%s); retrying, at most every %.1f s",
-                    self._port,
-                    reason,
-                    self._reconnect_max_s,
-                )
-                self._failure_logged = True
-            else:
-                log.debug("wired bus on %s still unavailable: %s", self._port, reason)
-            # Equal jitter: half the delay fixed, half random.
-            await asyncio.sleep(delay_s / 2 + self._rng.uniform(0, delay_s / 2))
-            delay_s = min(delay_s * 2, self._reconnect_max_s)
+    # --- one session -------------------------------------------------------------------------
 
     async def _session(self) -> None:
         """One connection: open, then poll cycles until the port goes away."""
-        try:
-            async with asyncio.timeout(self._open_timeout_s):
-                reader, writer = await serial_asyncio_fast.open_serial_connection(
-                    url=self._port, baudrate=self._baudrate
-                )
-        except ValueError as err:
-            # pyserial's word for a port name or setting it cannot use.
-            raise WiredBusError(f"cannot open {self._port!r}: {err}") from err
-        except TimeoutError as err:
-            raise WiredBusError(
-                f"opening {self._port!r} took over {self._open_timeout_s} s"
-            ) from err
-        self._decoder.reset()
-        self._writer = writer
-        reader_task = asyncio.create_task(self._read_loop(reader), name=f"read {self._port}")
-        try:
-            if self._ever_connected:
-                self._counters.reconnects += 1
-                log.info("wired bus on %s reconnected", self._port)
-            else:
-                log.info("wired bus on %s open, %d node(s)", self._port, len(self._nodes))
-            self._ever_connected = True
-            self._failure_logged = False
-            self._last_error = None
-            self._set_connected(True)
-            loop = asyncio.get_running_loop()
-            while True:
-                started = loop.time()
-                for state in self._nodes:
-                    await self._serve(state, reader_task)
-                remaining = started + self._poll_interval_s - loop.time()
-                if remaining > 0:
-                    await asyncio.wait({reader_task}, timeout=remaining)
-                if reader_task.done():
-                    reader_task.result()  # the read error, if it was one
-                    return
-        finally:
-            reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await reader_task
-            writer.close()
-            with contextlib.suppress(OSError, TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await writer.wait_closed()
-
-    def _set_connected(self, connected: bool) -> None:
-        if connected:
-            self._disconnected.clear()
-            self._connected.set()
-        else:
-            self._connected.clear()
-            self._disconnected.set()
+        async with serial_session(
+            self._port,
+            self._baudrate,
+            self._open_timeout_s,
+            self._read_loop,
+            error_type=WiredBusError,
+        ) as (writer, reader_task):
+            self._decoder.reset()
+            self._writer = writer
+            try:
+                if self._link.established():
+                    self._counters.reconnects += 1
+                    log.info("wired bus on %s reconnected", self._port)
+                else:
+                    log.info("wired bus on %s open, %d node(s)", self._port, len(self._nodes))
+                loop = asyncio.get_running_loop()
+                while True:
+                    started = loop.time()
+                    for state in self._nodes:
+                        await self._serve(state, reader_task)
+                    remaining = started + self._poll_interval_s - loop.time()
+                    if remaining > 0:
+                        await asyncio.wait({reader_task}, timeout=remaining)
+                    if reader_task.done():
+                        reader_task.result()  # the read error, if it was one
+                        return
+            finally:
+                self._writer = None
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         # No timeout here: each request carries its own.
@@ -550,7 +438,7 @@ class WiredBus:
     async def _poll(self, state: _NodeState, reader_task: asyncio.Task[None]) -> None:
         address = state.spec.address
         for _ in range(MAX_POLLS_IN_A_ROW):
-            if self._queue.qsize() >= self._max_queued_readings:
+            if self._queue.full:
                 # The consumer is behind; the node keeps its readings until asked again.
                 return
             # Section "Acknowledgment": ack only what was committed; "received" only moves
@@ -631,7 +519,7 @@ class WiredBus:
             )
             state.delivered = item.seq
             state.readings += 1
-            self._queue.put_nowait(reading)
+            self._queue.put(reading)
 
     # --- one request, one answer --------------------------------------------------------------
 
