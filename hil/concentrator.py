@@ -10,20 +10,17 @@ LoRaWAN end device sends), :attr:`~EmulatedConcentrator.tx_requests` records wha
 asked to transmit (the join accept, say), and fault hooks unplug the port, reboot the MCU,
 corrupt frames or send line noise.
 
-It runs in the caller's asyncio loop (``loop.add_reader`` on the pty master).
+It runs in the caller's asyncio loop; the port itself is a :class:`owlgate.hil.pty.PtyPort`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
 import time
-import tty
 from pathlib import Path
-from types import TracebackType
 from typing import Final, Self, TypeVar
 
 from ..codecs.concentrator import (
@@ -51,6 +48,7 @@ from ..codecs.concentrator import (
 )
 from ..codecs.errors import CodecError
 from ..codecs.node.framing import DELIMITER, FrameDecoder, cobs_encode, crc16
+from .pty import AsyncLifecycle, PtyPort
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +71,6 @@ DEFAULT_CAPABILITIES: Final = Capabilities(
 DEFAULT_LINK_NAME: Final = "ttyOWL0"
 
 _COUNTER_MODULUS: Final = 1 << 32
-_READ_SIZE: Final = 4096
 
 _TYPE_IDS: Final = {spec.cls: spec.message_type for spec in MESSAGES}
 _KNOWN_TYPE_IDS: Final = frozenset(int(type_id) for type_id in _TYPE_IDS.values())
@@ -81,7 +78,7 @@ _KNOWN_TYPE_IDS: Final = frozenset(int(type_id) for type_id in _TYPE_IDS.values(
 _Request = TypeVar("_Request", Hello, RadioConfig, TxRequest, GetStats)
 
 
-class EmulatedConcentrator:
+class EmulatedConcentrator(AsyncLifecycle):
     """A concentrator MCU speaking protocol v1 on a pty whose path is :attr:`path`.
 
     ``tx_error``: the code every ``TX_REQUEST`` is answered with while it is not
@@ -116,13 +113,14 @@ class EmulatedConcentrator:
         self._decoder = FrameDecoder()
         self._boot_ns = 0
         self._counter_offset_us = 0
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._out = bytearray()
-        self._writing = False
+        self._port = PtyPort(
+            self.path,
+            label=f"emulated concentrator {self.path}",
+            on_bytes=self._on_bytes,
+            on_dropped=self._count_dropped,
+        )
         self._corrupt_next = False
         self._changed = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._stats_task: asyncio.Task[None] | None = None
         self._stats: dict[str, int] = {}
         self._tx_errors: dict[TxError, int] = {}
@@ -133,90 +131,44 @@ class EmulatedConcentrator:
 
     async def start(self) -> Self:
         """Create the pty and the symlink, and start answering."""
-        self._loop = asyncio.get_running_loop()
         self._open()
         return self
 
     async def close(self) -> None:
         """Close the pty and remove the symlink (idempotent)."""
-        self._close_pty()
+        self._port.close()
         task, self._stats_task = self._stats_task, None
         if task is not None:
             task.cancel()
             await asyncio.wait({task})
 
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     @property
     def tty_path(self) -> str | None:
         """The pty's own path (``/dev/pts/N``) now, None while unplugged."""
-        return None if self._slave is None else os.ttyname(self._slave)
+        return self._port.tty_path
 
     @property
     def plugged(self) -> bool:
         """Whether the pty is there (between :meth:`start` / :meth:`replug` and
         :meth:`unplug` / :meth:`close`)."""
-        return self._master is not None
+        return self._port.is_open
 
     def _open(self) -> None:
-        assert self._loop is not None
-        master, slave = os.openpty()
-        # Raw mode on the slave: no echo, no line editing, no CR/LF mapping; a serial program
-        # that opens the path gets a clean 8-bit line (pyserial sets its own modes too).
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
         self._decoder.reset()
-        self._out = bytearray()
-        # Point the link at the new pty atomically: a client never sees a half-made link.
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".new")
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        temporary.symlink_to(os.ttyname(slave))
-        temporary.replace(self.path)
-        self._loop.add_reader(master, self._on_readable)
-        log.info("emulated concentrator on %s (%s)", self.path, os.ttyname(slave))
-
-    def _close_pty(self) -> None:
-        master, slave = self._master, self._slave
-        self._master = self._slave = None
-        if master is not None:
-            assert self._loop is not None
-            self._loop.remove_reader(master)
-            if self._writing:
-                self._loop.remove_writer(master)
-                self._writing = False
-            os.close(master)
-        if slave is not None:
-            # The emulator holds the slave open too, so the master never reads EIO while no
-            # client has the port open; closing both is what a vanished USB device looks like.
-            os.close(slave)
-        self._out = bytearray()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        self._port.open()
+        log.info("emulated concentrator on %s (%s)", self.path, self._port.tty_path)
 
     # --- fault hooks --------------------------------------------------------------------------
 
     def unplug(self) -> None:
         """The USB cable is pulled: the pty closes (a client's reads fail) and the path is gone."""
         log.info("emulated concentrator %s unplugged", self.path)
-        self._close_pty()
+        self._port.close()
 
     def replug(self) -> None:
         """Plugged back in: a new pty behind the same path, and the MCU has rebooted (no
         configuration)."""
-        if self._master is not None:
-            self._close_pty()
+        self._port.close()
         self._boot()
         self._open()
 
@@ -232,12 +184,12 @@ class EmulatedConcentrator:
         """Line noise: ``size`` random non-zero bytes between two delimiters, one bad frame
         for the host's decoder (a bad CRC or bad COBS)."""
         noise = bytes(self._rng.randrange(1, 256) for _ in range(size))
-        self._write(DELIMITER + noise + DELIMITER)
+        self._port.write(DELIMITER + noise + DELIMITER)
 
     def send_raw(self, data: bytes) -> None:
         """Write ``data`` to the line as it is (a frame in pieces, say, to test the host's
         reassembly)."""
-        self._write(data)
+        self._port.write(data)
 
     def corrupt_next(self) -> None:
         """Send the next frame with a wrong CRC (well-formed COBS), as a flipped bit would."""
@@ -348,21 +300,7 @@ class EmulatedConcentrator:
             token=token,
         )
 
-    def _on_readable(self) -> None:
-        master = self._master
-        if master is None:
-            return
-        try:
-            data = os.read(master, _READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as err:
-            # EIO: no slave end open. The emulator holds one, so this means the pty broke;
-            # stop reading rather than spin on a descriptor that stays readable.
-            log.warning("emulated concentrator %s: read failed: %s", self.path, err)
-            assert self._loop is not None
-            self._loop.remove_reader(master)
-            return
+    def _on_bytes(self, data: bytes) -> None:
         for payload in self._decoder.feed(data):
             self._handle(payload)
 
@@ -500,37 +438,12 @@ class EmulatedConcentrator:
             self._corrupt_next = False
             payload = encode_message(message)
             wrong = crc16(payload) ^ 0x0001
-            self._write(DELIMITER + cobs_encode(payload + wrong.to_bytes(2, "big")) + DELIMITER)
+            self._port.write(
+                DELIMITER + cobs_encode(payload + wrong.to_bytes(2, "big")) + DELIMITER
+            )
             return
-        self._write(to_frame(message))
+        self._port.write(to_frame(message))
 
-    def _write(self, data: bytes) -> None:
-        if self._master is None:
-            self.link_dropped += 1
-            return
-        self._out += data
-        self._flush()
-
-    def _flush(self) -> None:
-        master = self._master
-        if master is None:
-            return
-        while self._out:
-            try:
-                written = os.write(master, self._out)
-            except BlockingIOError:
-                break
-            except OSError as err:
-                log.warning("emulated concentrator %s: write failed: %s", self.path, err)
-                self.link_dropped += 1
-                self._out = bytearray()
-                break
-            self._out = self._out[written:]
-        assert self._loop is not None
-        # The pty buffer is full while no client reads: finish when it drains.
-        if self._out and not self._writing:
-            self._loop.add_writer(master, self._flush)
-            self._writing = True
-        elif not self._out and self._writing:
-            self._loop.remove_writer(master)
-            self._writing = False
+    def _count_dropped(self) -> None:
+        # A frame lost to the line (unplugged, or a failed write): STATS.link_dropped.
+        self.link_dropped += 1

@@ -19,22 +19,23 @@ was on the line, removes its own pty (the host's reads fail, as with a pulled US
 looks for the device path every ``poll_s``; once it can open it again (``replug()``), it makes
 a new pty behind the same symlink.
 
-It runs in the caller's asyncio loop (``loop.add_reader`` on the descriptors), like the
-emulator.
+It runs in the caller's asyncio loop, like the emulator: the host side is a
+:class:`owlgate.hil.pty.PtyPort`, the device side an :class:`~owlgate.hil.pty.FdReader` and an
+:class:`~owlgate.hil.pty.FdWriter` on the device's tty.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import tty
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Final, Self
+
+from .pty import AsyncLifecycle, FdReader, FdWriter, PtyPort
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ DEFAULT_POLL_S: Final = 0.01
 #: buffer, a pty or the emulator's queue, then holds the rest).
 DEFAULT_MAX_BACKLOG_BYTES: Final = 64 * 1024
 DEFAULT_LINK_NAME: Final = "ttyPACED0"
-
-_READ_SIZE: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,35 +130,33 @@ class LineSchedule:
 
 class _Direction:
     """One way through the relay: its schedule, the chunks waiting for their release time,
-    and the bytes released but not yet taken by the sink."""
+    the source it reads from and the sink that holds what was released but not yet taken."""
 
-    def __init__(self, name: str, schedule: LineSchedule) -> None:
+    def __init__(self, name: str, schedule: LineSchedule, source: FdReader, sink: FdWriter):
         self.name = name
         self.schedule = schedule
+        self.source = source
+        self.sink = sink
         self.waiting: deque[tuple[float, bytes]] = deque()
         self.waiting_bytes = 0
-        self.out = bytearray()
         self.timer: asyncio.TimerHandle | None = None
-        self.reading = False
-        self.writing = False
-        self.delivered = 0
 
     def backlog(self) -> int:
-        return self.waiting_bytes + len(self.out)
+        return self.waiting_bytes + self.sink.pending_bytes
 
     def clear(self) -> int:
-        dropped = self.backlog()
+        """Forget what is waiting (the line was cut); the sink's buffer is the caller's."""
+        dropped = self.waiting_bytes
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.waiting.clear()
         self.waiting_bytes = 0
-        self.out = bytearray()
         self.schedule.reset()
         return dropped
 
 
-class PacedLine:
+class PacedLine(AsyncLifecycle):
     """A UART of ``baudrate`` between the device tty at ``device`` and a pty of this relay's
     own at :attr:`path` (``<link_dir>/<link_name>``), paced both ways (see the module text).
 
@@ -189,15 +186,30 @@ class PacedLine:
         self.max_backlog_bytes = max_backlog_bytes
         bytes_per_s = baudrate / bits_per_byte
         chunk_bytes = max(1, round(bytes_per_s * chunk_s))
+        # The host's port, and the device's tty read and written through the same halves.
+        self._host = PtyPort(
+            self.path,
+            label=f"paced line {self.path}",
+            on_bytes=self._from_host,
+            on_error=self._lost,
+            on_drained=self._down_drained,
+        )
+        label = f"paced line device {self.device}"
+        self._device_reader = FdReader(label, self._from_device, on_error=self._lost)
+        self._device_writer = FdWriter(label, on_error=self._lost, on_drained=self._up_drained)
         self._down = _Direction(
-            "down", LineSchedule(baudrate, bits_per_byte=bits_per_byte, chunk_bytes=chunk_bytes)
+            "down",
+            LineSchedule(baudrate, bits_per_byte=bits_per_byte, chunk_bytes=chunk_bytes),
+            source=self._device_reader,
+            sink=self._host.writer,
         )
         self._up = _Direction(
-            "up", LineSchedule(baudrate, bits_per_byte=bits_per_byte, chunk_bytes=chunk_bytes)
+            "up",
+            LineSchedule(baudrate, bits_per_byte=bits_per_byte, chunk_bytes=chunk_bytes),
+            source=self._host.reader,
+            sink=self._device_writer,
         )
         self._device_fd: int | None = None
-        self._master: int | None = None
-        self._slave: int | None = None
         self._poll: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -228,17 +240,6 @@ class PacedLine:
             self._poll = None
         self._disconnect()
 
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     @property
     def plugged(self) -> bool:
         """Whether the device is open and the host-side pty is there."""
@@ -252,12 +253,12 @@ class PacedLine:
     @property
     def delivered_down(self) -> int:
         """Bytes written to the host side so far."""
-        return self._down.delivered
+        return self._down.sink.bytes_written
 
     @property
     def delivered_up(self) -> int:
         """Bytes written to the device so far."""
-        return self._up.delivered
+        return self._up.sink.bytes_written
 
     async def wait_plugged(self, timeout_s: float) -> None:
         """Wait until the device is open (``TimeoutError`` after ``timeout_s``)."""
@@ -273,50 +274,34 @@ class PacedLine:
         try:
             if os.isatty(device):
                 tty.setraw(device)
-            master, slave = os.openpty()
+            # The host's port holds its slave open, so that its master does not read EIO while
+            # no host has the port open (the emulator does the same).
+            self._host.open()
         except OSError:
             os.close(device)
             raise
-        # Raw on the host side too, and the relay holds the slave open so that the master does
-        # not read EIO while no host has the port open (the emulator does the same).
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._device_fd, self._master, self._slave = device, master, slave
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".new")
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        temporary.symlink_to(os.ttyname(slave))
-        temporary.replace(self.path)
-        self._start_reading(self._down)
-        self._start_reading(self._up)
+        self._device_fd = device
+        self._device_reader.attach(loop, device)
+        self._device_writer.attach(loop, device)
         self._plugged.set()
         log.info(
             "paced line %s <-> %s at %d baud (%s)",
             self.device,
             self.path,
             self.baudrate,
-            os.ttyname(slave),
+            self._host.tty_path,
         )
 
     def _disconnect(self) -> None:
         for direction in (self._down, self._up):
-            self._stop_reading(direction)
-            self._stop_writing(direction)
             self.dropped_bytes += direction.clear()
-        for fd in (self._device_fd, self._master, self._slave):
-            if fd is not None:
-                os.close(fd)
-        self._device_fd = self._master = self._slave = None
+        self._device_reader.detach()
+        self.dropped_bytes += self._device_writer.detach()
+        self.dropped_bytes += self._host.close()
+        device, self._device_fd = self._device_fd, None
+        if device is not None:
+            os.close(device)
         self._plugged.clear()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-    def _source(self, direction: _Direction) -> int | None:
-        return self._device_fd if direction is self._down else self._master
-
-    def _sink(self, direction: _Direction) -> int | None:
-        return self._master if direction is self._down else self._device_fd
 
     def _lost(self, why: str) -> None:
         """The device went away: cut the line, remove the host's port, look for the device."""
@@ -344,42 +329,13 @@ class PacedLine:
 
     # --- relaying -----------------------------------------------------------------------------
 
-    def _start_reading(self, direction: _Direction) -> None:
-        source = self._source(direction)
-        if source is None or direction.reading:
-            return
-        assert self._loop is not None
-        self._loop.add_reader(source, self._on_readable, direction)
-        direction.reading = True
+    def _from_device(self, data: bytes) -> None:
+        self._admit(self._down, data)
 
-    def _stop_reading(self, direction: _Direction) -> None:
-        source = self._source(direction)
-        if direction.reading and source is not None and self._loop is not None:
-            self._loop.remove_reader(source)
-        direction.reading = False
+    def _from_host(self, data: bytes) -> None:
+        self._admit(self._up, data)
 
-    def _stop_writing(self, direction: _Direction) -> None:
-        sink = self._sink(direction)
-        if direction.writing and sink is not None and self._loop is not None:
-            self._loop.remove_writer(sink)
-        direction.writing = False
-
-    def _on_readable(self, direction: _Direction) -> None:
-        source = self._source(direction)
-        if source is None:
-            return
-        try:
-            data = os.read(source, _READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as err:
-            # EIO on the device's tty: its other end closed (unplugged). The relay holds its
-            # own pty's slave open, so the host side never reads EIO for want of a reader.
-            self._lost(f"read failed: {err}")
-            return
-        if not data:
-            self._lost("end of file")
-            return
+    def _admit(self, direction: _Direction, data: bytes) -> None:
         loop = self._loop
         assert loop is not None
         offset = 0
@@ -389,7 +345,7 @@ class PacedLine:
         direction.waiting_bytes += len(data)
         if direction.backlog() >= self.max_backlog_bytes:
             # Backpressure: the rest stays in the source's buffer until the line catches up.
-            self._stop_reading(direction)
+            direction.source.pause()
         if direction.timer is None:
             self._arm(direction)
 
@@ -405,37 +361,28 @@ class PacedLine:
         loop = self._loop
         assert loop is not None
         now_s = loop.time()
+        out = bytearray()
         # Everything due by now goes out in one write: a late wake-up catches up at once.
         while direction.waiting and direction.waiting[0][0] <= now_s:
             due_s, chunk = direction.waiting.popleft()
             direction.waiting_bytes -= len(chunk)
-            direction.out += chunk
+            out += chunk
             self.max_late_s = max(self.max_late_s, now_s - due_s)
             if self._record:
                 self.releases.append(Release(direction.name, due_s, now_s, len(chunk)))
         self._arm(direction)
-        self._flush(direction)
-        if not direction.reading and direction.backlog() < self.max_backlog_bytes // 2:
-            self._start_reading(direction)
+        if out:
+            # A failed write calls _lost, which cuts the line; _resume is then a no-op.
+            direction.sink.write(bytes(out))
+        self._resume(direction)
 
-    def _flush(self, direction: _Direction) -> None:
-        sink = self._sink(direction)
-        if sink is None:
-            return
-        while direction.out:
-            try:
-                written = os.write(sink, direction.out)
-            except BlockingIOError:
-                break
-            except OSError as err:
-                self._lost(f"write failed: {err}")
-                return
-            direction.delivered += written
-            del direction.out[:written]
-        assert self._loop is not None
-        # The sink's buffer is full (nobody reads the host side): finish when it drains.
-        if direction.out and not direction.writing:
-            self._loop.add_writer(sink, self._flush, direction)
-            direction.writing = True
-        elif not direction.out and direction.writing:
-            self._stop_writing(direction)
+    def _resume(self, direction: _Direction) -> None:
+        if not direction.source.reading and direction.backlog() < self.max_backlog_bytes // 2:
+            direction.source.resume()
+
+    def _down_drained(self) -> None:
+        # The host took a buffer that had to wait: the device may be read again.
+        self._resume(self._down)
+
+    def _up_drained(self) -> None:
+        self._resume(self._up)

@@ -6,22 +6,19 @@ real module keeps, and a test drives the radio side: :meth:`~EmulatedRak3172.inj
 received packet, :attr:`~EmulatedRak3172.sent` records what the host transmitted, and fault
 hooks answer busy, restart the module, unplug and replug it.
 
-Like :class:`owlgate.hil.concentrator.EmulatedConcentrator` it opens a pty in raw mode, points
-a stable symlink (``<link_dir>/ttyRAK0`` by default) at its slave end, and runs in the caller's
-asyncio loop.
+Like :class:`owlgate.hil.concentrator.EmulatedConcentrator` it offers a
+:class:`owlgate.hil.pty.PtyPort`: a pty in raw mode behind a stable symlink
+(``<link_dir>/ttyRAK0`` by default), in the caller's asyncio loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import tty
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Final, Literal, Self
 
 from ..codecs.errors import CodecError
@@ -39,6 +36,7 @@ from ..codecs.rui3 import (
     parse_request,
     parse_values,
 )
+from .pty import AsyncLifecycle, PtyPort
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +49,6 @@ DEFAULT_P2P: Final = (868_000_000, 7, 125, 0, 8, 14)
 RESTART_DELAY_S: Final = 0.05
 #: How long a transmission "takes" before +EVT:TXP2P DONE (airtime is not modelled).
 TX_DURATION_S: Final = 0.01
-
-_READ_SIZE: Final = 4096
 
 FirmwareStyle = Literal["3.2", "legacy"]
 
@@ -72,7 +68,7 @@ class SentPacket:
     monotonic_s: float  # the host clock (time.monotonic) when the command was read
 
 
-class EmulatedRak3172:
+class EmulatedRak3172(AsyncLifecycle):
     """A RAK3172 with RUI3 on a pty whose stable path is :attr:`path`.
 
     ``firmware_style``: ``"3.2"`` prints received packets as one ``+EVT:RXP2P:`` line,
@@ -110,11 +106,10 @@ class EmulatedRak3172:
         self.silent = False
         self._busy = 0
         self._booting = False
-        self._master: int | None = None
-        self._slave: int | None = None
+        self._port = PtyPort(
+            self.path, label=f"emulated RAK3172 {self.path}", on_bytes=self._on_bytes
+        )
         self._in = bytearray()
-        self._out = bytearray()
-        self._writing = False
         self._changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: set[asyncio.TimerHandle] = set()
@@ -132,23 +127,12 @@ class EmulatedRak3172:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        self._close_pty()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+        self._port.close()
 
     @property
     def plugged(self) -> bool:
         """Whether the pty is there."""
-        return self._master is not None
+        return self._port.is_open
 
     @property
     def version(self) -> str:
@@ -156,40 +140,9 @@ class EmulatedRak3172:
         return VERSIONS[self.firmware_style]
 
     def _open(self) -> None:
-        assert self._loop is not None
-        master, slave = os.openpty()
-        # Raw mode: no echo, no line editing, no CR/LF mapping, as a USB serial adapter.
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
         self._in = bytearray()
-        self._out = bytearray()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Replace the link atomically: a client never sees a half-made one.
-        temporary = self.path.with_name(self.path.name + ".new")
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        temporary.symlink_to(os.ttyname(slave))
-        temporary.replace(self.path)
-        self._loop.add_reader(master, self._on_readable)
-        log.info("emulated RAK3172 on %s (%s)", self.path, os.ttyname(slave))
-
-    def _close_pty(self) -> None:
-        master, slave = self._master, self._slave
-        self._master = self._slave = None
-        if master is not None:
-            assert self._loop is not None
-            self._loop.remove_reader(master)
-            if self._writing:
-                self._loop.remove_writer(master)
-                self._writing = False
-            os.close(master)
-        if slave is not None:
-            # Closing both ends is what a vanished USB adapter looks like to a client.
-            os.close(slave)
-        self._out = bytearray()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        self._port.open()
+        log.info("emulated RAK3172 on %s (%s)", self.path, self._port.tty_path)
 
     # --- fault hooks --------------------------------------------------------------------------
 
@@ -203,24 +156,23 @@ class EmulatedRak3172:
         self.restarts += 1
         self.receive_window = PRECV_STOP
         self._booting = False
-        self._write(format_banner(self.version, self.work_mode))
+        self._port.write(format_banner(self.version, self.work_mode))
         self._changed.set()
 
     def unplug(self) -> None:
         """The USB cable is pulled: the pty closes and the path is gone."""
         log.info("emulated RAK3172 %s unplugged", self.path)
-        self._close_pty()
+        self._port.close()
 
     def replug(self) -> None:
         """Plugged back in: a new pty behind the same path, and the module has powered up."""
-        if self._master is not None:
-            self._close_pty()
+        self._port.close()
         self._open()
         self.restart()
 
     def send_raw(self, data: bytes) -> None:
         """Write ``data`` to the line as it is (garbage, a line in pieces)."""
-        self._write(data)
+        self._port.write(data)
 
     # --- the radio side -----------------------------------------------------------------------
 
@@ -254,7 +206,7 @@ class EmulatedRak3172:
             return False
         if self.receive_window == PRECV_SINGLE:
             self.receive_window = PRECV_STOP
-        self._write(
+        self._port.write(
             format_rx_event(rssi_dbm, snr_db, payload, legacy=self.firmware_style == "legacy")
         )
         return True
@@ -289,19 +241,7 @@ class EmulatedRak3172:
 
     # --- the module's side of the AT protocol -------------------------------------------------
 
-    def _on_readable(self) -> None:
-        master = self._master
-        if master is None:
-            return
-        try:
-            data = os.read(master, _READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as err:
-            log.warning("emulated RAK3172 %s: read failed: %s", self.path, err)
-            assert self._loop is not None
-            self._loop.remove_reader(master)
-            return
+    def _on_bytes(self, data: bytes) -> None:
         self._in += data
         while True:
             end = self._in.find(b"\n")
@@ -324,18 +264,18 @@ class EmulatedRak3172:
             return
         if self._busy > 0:
             self._busy -= 1
-            self._write(format_status(Status.AT_BUSY_ERROR))
+            self._port.write(format_status(Status.AT_BUSY_ERROR))
             return
         try:
             request = parse_request(line)
         except CodecError:
-            self._write(format_status(Status.AT_COMMAND_NOT_FOUND))
+            self._port.write(format_status(Status.AT_COMMAND_NOT_FOUND))
             return
         try:
             reply, status = self._answer(request)
         except CodecError:
             reply, status = b"", Status.AT_PARAM_ERROR
-        self._write(reply + format_status(status))
+        self._port.write(reply + format_status(status))
 
     def _answer(self, request: Request) -> tuple[bytes, Status]:
         # One case per command and form: the handlers of the RUI3 table this emulator plays.
@@ -424,7 +364,10 @@ class EmulatedRak3172:
             )
         )
         self._changed.set()
-        self._later(TX_DURATION_S, lambda: self._write(b"+EVT:TXP2P DONE\r\n"))
+        self._later(TX_DURATION_S, self._tx_done)
+
+    def _tx_done(self) -> None:
+        self._port.write(b"+EVT:TXP2P DONE\r\n")
 
     def _later(self, delay_s: float, callback: Callable[[], None]) -> None:
         assert self._loop is not None
@@ -437,34 +380,3 @@ class EmulatedRak3172:
         handle = self._loop.call_later(delay_s, run)
         holder.append(handle)
         self._timers.add(handle)
-
-    # --- writing ------------------------------------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        if self._master is None:
-            return
-        self._out += data
-        self._flush()
-
-    def _flush(self) -> None:
-        master = self._master
-        if master is None:
-            return
-        while self._out:
-            try:
-                written = os.write(master, self._out)
-            except BlockingIOError:
-                break
-            except OSError as err:
-                log.warning("emulated RAK3172 %s: write failed: %s", self.path, err)
-                self._out = bytearray()
-                break
-            del self._out[:written]
-        assert self._loop is not None
-        # The pty buffer is full while no client reads: finish when it drains.
-        if self._out and not self._writing:
-            self._loop.add_writer(master, self._flush)
-            self._writing = True
-        elif not self._out and self._writing:
-            self._loop.remove_writer(master)
-            self._writing = False

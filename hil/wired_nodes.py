@@ -9,30 +9,27 @@ shared RS-485 pair; the addressed node answers. Test hooks add readings, silence
 corrupt its next answer, make it repeat a stale answer, unplug and replug the line, and tell
 what each node has been acknowledged and which settings it applied.
 
-It runs in the caller's asyncio loop (``loop.add_reader`` on the pty master), as
+It runs in the caller's asyncio loop on a :class:`owlgate.hil.pty.PtyPort`, as
 :mod:`owlgate.hil.concentrator` does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import tty
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Final, Self
 
 from ..codecs.node.framing import DELIMITER, FrameDecoder, cobs_encode, crc16, encode_frame
 from ..codecs.node.wired import Readings, WiredNode, decode_message, encode_message
+from .pty import AsyncLifecycle, PtyPort
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LINK_NAME: Final = "ttyOWLW0"
-_READ_SIZE: Final = 4096
 
 
 @dataclass(slots=True)
@@ -48,7 +45,7 @@ class _Emulated:
     requests: list[object] = field(default_factory=list)
 
 
-class EmulatedWiredBus:
+class EmulatedWiredBus(AsyncLifecycle):
     """Wired nodes answering by address on a pty whose path is :attr:`path`.
 
     Add nodes with :meth:`add_node` (before or after :meth:`start`); reach each one's node
@@ -59,14 +56,15 @@ class EmulatedWiredBus:
         self.path = Path(link_dir) / link_name
         self._nodes: dict[int, _Emulated] = {}
         self._decoder = FrameDecoder()
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._out = bytearray()
-        self._writing = False
+        self._port = PtyPort(
+            self.path,
+            label=f"emulated wired bus {self.path}",
+            on_bytes=self._on_bytes,
+            on_dropped=self._count_dropped,
+        )
         self._changed = asyncio.Event()
-        #: Answers that could not be written because the line was unplugged.
         self._request_count = 0
+        #: Answers that could not be written because the line was unplugged (or a write failed).
         self.link_dropped = 0
 
     # --- nodes --------------------------------------------------------------------------------
@@ -127,7 +125,7 @@ class EmulatedWiredBus:
 
     def inject_garbage(self, size: int = 16) -> None:
         """Line noise: ``size`` non-zero bytes between two delimiters, one bad frame."""
-        self._write(DELIMITER + bytes(range(1, size + 1)) + DELIMITER)
+        self._port.write(DELIMITER + bytes(range(1, size + 1)) + DELIMITER)
 
     def acked(self, address: int) -> int:
         """The highest sequence number the host has acknowledged to that node."""
@@ -174,29 +172,17 @@ class EmulatedWiredBus:
 
     async def start(self) -> Self:
         """Create the pty and the symlink, and start answering."""
-        self._loop = asyncio.get_running_loop()
         self._open()
         return self
 
     async def close(self) -> None:
         """Close the pty and remove the symlink (idempotent)."""
-        self._close_pty()
-
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+        self._port.close()
 
     @property
     def plugged(self) -> bool:
         """Whether the pty is there."""
-        return self._master is not None
+        return self._port.is_open
 
     @property
     def link_errors(self) -> int:
@@ -208,65 +194,20 @@ class EmulatedWiredBus:
         """The adapter is pulled: the pty closes (the host's reads fail), the path is gone.
         The nodes keep their readings, as powered nodes on a cut line would."""
         log.info("emulated wired bus %s unplugged", self.path)
-        self._close_pty()
+        self._port.close()
 
     def replug(self) -> None:
         """Plugged back in: a new pty behind the same path."""
-        if self._master is not None:
-            self._close_pty()
         self._open()
 
     def _open(self) -> None:
-        assert self._loop is not None
-        master, slave = os.openpty()
-        # Raw mode: no echo, no line editing, no CR/LF mapping (pyserial sets its own too).
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
         self._decoder.reset()
-        self._out = bytearray()
-        # Point the link at the new pty atomically: a client never sees a half-made link.
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".new")
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        temporary.symlink_to(os.ttyname(slave))
-        temporary.replace(self.path)
-        self._loop.add_reader(master, self._on_readable)
-        log.info("emulated wired bus on %s (%s)", self.path, os.ttyname(slave))
-
-    def _close_pty(self) -> None:
-        master, slave = self._master, self._slave
-        self._master = self._slave = None
-        if master is not None:
-            assert self._loop is not None
-            self._loop.remove_reader(master)
-            if self._writing:
-                self._loop.remove_writer(master)
-                self._writing = False
-            os.close(master)
-        if slave is not None:
-            # Closing both ends is what a vanished USB adapter looks like to the host.
-            os.close(slave)
-        self._out = bytearray()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        self._port.open()
+        log.info("emulated wired bus on %s (%s)", self.path, self._port.tty_path)
 
     # --- the bus ------------------------------------------------------------------------------
 
-    def _on_readable(self) -> None:
-        master = self._master
-        if master is None:
-            return
-        try:
-            data = os.read(master, _READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as err:
-            log.warning("emulated wired bus %s: read failed: %s", self.path, err)
-            assert self._loop is not None
-            self._loop.remove_reader(master)
-            return
+    def _on_bytes(self, data: bytes) -> None:
         for payload in self._decoder.feed(data):
             self._frame(payload)
 
@@ -306,36 +247,9 @@ class EmulatedWiredBus:
         if emulated.corrupt_next:
             emulated.corrupt_next = False
             wrong = crc16(reply) ^ 0x0001
-            self._write(DELIMITER + cobs_encode(reply + wrong.to_bytes(2, "big")) + DELIMITER)
+            self._port.write(DELIMITER + cobs_encode(reply + wrong.to_bytes(2, "big")) + DELIMITER)
             return
-        self._write(encode_frame(reply))
+        self._port.write(encode_frame(reply))
 
-    def _write(self, data: bytes) -> None:
-        if self._master is None:
-            self.link_dropped += 1
-            return
-        self._out += data
-        self._flush()
-
-    def _flush(self) -> None:
-        master = self._master
-        if master is None:
-            return
-        while self._out:
-            try:
-                written = os.write(master, self._out)
-            except BlockingIOError:
-                break
-            except OSError as err:
-                log.warning("emulated wired bus %s: write failed: %s", self.path, err)
-                self.link_dropped += 1
-                self._out = bytearray()
-                break
-            self._out = self._out[written:]
-        assert self._loop is not None
-        if self._out and not self._writing:
-            self._loop.add_writer(master, self._flush)
-            self._writing = True
-        elif not self._out and self._writing:
-            self._loop.remove_writer(master)
-            self._writing = False
+    def _count_dropped(self) -> None:
+        self.link_dropped += 1
