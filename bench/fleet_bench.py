@@ -18,7 +18,6 @@ import asyncio
 import json
 import random
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -36,9 +35,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from owlgate.codecs.node.telemetry import Batch, Reading, encode_batch
 from owlgate.codecs.signed import sign
-from owlgate.fleet.broker import free_port
 from owlgate.hil.processes import (
+    MOSQUITTO_MAX_QUEUED_MESSAGES,
     ChildProcess,
+    MosquittoProcess,
     ProcessFailed,
     children_stopped_at_exit,
     find_mosquitto,
@@ -55,18 +55,10 @@ SEED = 2026
 #: Messages a publisher keeps in flight (awaiting the broker's PUBACK) at once.
 PUBLISH_WINDOW = 50
 STARTUP_TIMEOUT_S = 60.0
+MOSQUITTO_STOP_TIMEOUT_S = 30.0
 ROUND_TIMEOUT_S = 300.0
 POLL_S = 0.01
 REPO = Path(__file__).resolve().parent.parent
-#: The bench's Mosquitto: loopback only, nothing on disk, and a per-client queue deep enough
-#: for a round published faster than it is stored (the default, 1000 messages above those in
-#: flight, would silently drop the rest: docs/fleet.md).
-MOSQUITTO_CONFIG = """\
-listener {port} 127.0.0.1
-allow_anonymous true
-persistence false
-max_queued_messages 100000
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,36 +182,20 @@ class Payloads:
         return f"owlgate/v1/gw/{gateway}/telemetry", payload
 
 
-def _wait_accepting(port: int, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return
-        except OSError as err:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Mosquitto did not start; log:\n{log.read_text()}") from err
-            time.sleep(0.02)
-
-
-@contextmanager
-def _mosquitto(binary: str, folder: Path) -> Iterator[str]:
-    port = free_port()
-    config = folder / "mosquitto.conf"
-    config.write_text(MOSQUITTO_CONFIG.format(port=port))
-    log = folder / "mosquitto.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([binary, "-c", str(config)], stdout=out, stderr=out)
-    try:
-        _wait_accepting(port, log)
-        yield f"mqtt://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(30)
+def bench_mosquitto(binary: str, folder: Path) -> MosquittoProcess:
+    """The benches' Mosquitto, not started: loopback only, nothing on disk, no verbose log (it
+    would cost the broker time per message), and a per-client queue deep enough for a round
+    published faster than it is stored (the default, 1000 messages above those in flight,
+    would silently drop the rest: docs/fleet.md)."""
+    return MosquittoProcess(
+        binary,
+        folder,
+        persistence=False,
+        max_queued_messages=MOSQUITTO_MAX_QUEUED_MESSAGES,
+        verbose=False,
+        start_timeout_s=STARTUP_TIMEOUT_S,
+        stop_timeout_s=MOSQUITTO_STOP_TIMEOUT_S,
+    )
 
 
 @contextmanager
@@ -364,7 +340,6 @@ def run(*, quick: bool = False) -> list[Figure]:
                 "(Debian package mosquitto)"
             )
             return figures
-        (folder / "mosquitto").mkdir()
-        with _mosquitto(binary, folder / "mosquitto") as url:
-            figures.append(_measure(seeded, folder / "mosquitto", url, plan))
+        with bench_mosquitto(binary, folder / "mosquitto") as mosquitto:
+            figures.append(_measure(seeded, folder / "mosquitto", mosquitto.url, plan))
     return figures

@@ -34,7 +34,7 @@ from owlgate.hil.processes import find_mosquitto
 
 from .codec_bench import BASE_TIME, GATEWAY, SEED
 from .figures import Figure
-from .fleet_bench import _mosquitto
+from .fleet_bench import bench_mosquitto
 
 BATCH = 100
 DEVICES = 500
@@ -175,9 +175,9 @@ def run(*, quick: bool = False) -> list[Figure]:
         return figures
     with (
         tempfile.TemporaryDirectory(prefix="owlgate-bench-mosquitto-") as folder,
-        _mosquitto(binary, Path(folder)) as url,
+        bench_mosquitto(binary, Path(folder)) as mosquitto,
     ):
-        best, median = outbox_drain_per_s(quick, url)
+        best, median = outbox_drain_per_s(quick, mosquitto.url)
     figures.append(
         Figure(
             "edge.outbox_drain_per_s",

@@ -39,12 +39,9 @@ import contextlib
 import enum
 import json
 import logging
-import os
-import pwd
 import random
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -57,7 +54,14 @@ from typing import Any, Final
 from ..codecs.concentrator import RadioConfig
 from .concentrator import EmulatedConcentrator
 from .devices import EmulatedDevice
-from .processes import MODULE, ChildProcess, ProcessFailed, find_mosquitto
+from .processes import (
+    MODULE,
+    ChildProcess,
+    MosquittoFailed,
+    MosquittoProcess,
+    ProcessFailed,
+    find_mosquitto,
+)
 
 __all__ = [
     "Accounting",
@@ -377,83 +381,32 @@ def account(
 # --- the broker ---------------------------------------------------------------------------------
 
 
-def free_tcp_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on now (the OS's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_accepting(host: str, port: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=1.0):
-                return True
-        except OSError:
-            time.sleep(_POLL_S)
-    return False
-
-
-class RestartableMosquitto:
-    """Mosquitto on ``127.0.0.1:port`` with persistence in ``folder``: stopped with SIGTERM it
-    writes its sessions, subscriptions and queued QoS 1 messages to disk (``mosquitto.db``) and
-    reads them back when started again on the same port. Blocking calls."""
+class RestartableMosquitto(MosquittoProcess):
+    """The chaos run's broker: a :class:`~owlgate.hil.processes.MosquittoProcess` with
+    persistence, so that stopped with SIGTERM it writes its sessions, subscriptions and queued
+    QoS 1 messages to ``folder/mosquitto.db`` and reads them back when started again on the
+    same port. A start that fails is a :class:`ChaosFailed`."""
 
     #: Mosquitto's default (1000 per client) would drop messages queued for a subscriber that
     #: is away for a while; a chaos run must not lose any that way.
     MAX_QUEUED_MESSAGES: Final = 1_000_000
 
     def __init__(self, binary: str, folder: Path, port: int | None = None) -> None:
-        self.binary = binary
-        self.folder = folder
-        self.host = "127.0.0.1"
-        self.port = free_tcp_port(self.host) if port is None else port
-        self.starts = 0
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        super().__init__(
+            binary,
+            folder,
+            port,
+            persistence=True,
+            max_queued_messages=self.MAX_QUEUED_MESSAGES,
+            start_timeout_s=_BROKER_START_S,
+            stop_timeout_s=_BROKER_STOP_S,
+        )
 
     def start(self) -> None:
-        if self._process is not None:
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.starts += 1
-        config = self.folder / "mosquitto.conf"
-        config.write_text(
-            f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
-            # Started as root, Mosquitto drops to the user "mosquitto", which cannot write its
-            # persistence file here; as anyone else it cannot switch users at all. Either way
-            # the broker runs as the user who started it.
-            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
-            "persistence true\n"
-            f"persistence_location {self.folder}/\n"
-            "persistence_file mosquitto.db\n"
-            f"max_queued_messages {self.MAX_QUEUED_MESSAGES}\n"
-        )
-        log_path = self.folder / f"mosquitto-{self.starts}.log"
-        with log_path.open("wb") as out:
-            self._process = subprocess.Popen(
-                [self.binary, "-c", str(config), "-v"], stdout=out, stderr=subprocess.STDOUT
-            )
-        if not _wait_accepting(self.host, self.port, _BROKER_START_S):
-            self.stop()
-            raise ChaosFailed(f"mosquitto did not listen on {self.port}; see {log_path}")
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
         try:
-            process.wait(_BROKER_STOP_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(_BROKER_STOP_S)
+            super().start()
+        except MosquittoFailed as err:
+            raise ChaosFailed(err.message) from err
 
 
 # --- the run ------------------------------------------------------------------------------------

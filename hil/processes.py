@@ -1,15 +1,23 @@
 """Child processes as a user starts them: ``python -m owlgate.codecs.cli ...``, the output
 copied to a log file and watched for the lines that say a part is up (``LINK <path>``,
 ``Uvicorn running on ...``, ``ready: ...``). Used by ``owlgate demo`` and the benchmarks that
-run the whole system."""
+run the whole system.
+
+:class:`MosquittoProcess` runs a Mosquitto broker with a configuration of its own, for the
+tests, the chaos runs and the benchmarks: one place that writes the configuration, waits for
+the listener and stops the process.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import pwd
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,13 +25,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Final
+from types import TracebackType
+from typing import IO, Final, Self
 
 from ..codecs.errors import OwlgateError
 
 MODULE: Final = "owlgate.codecs.cli"
 START_TIMEOUT_S: Final = 20.0
 STOP_TIMEOUT_S: Final = 10.0
+
+log = logging.getLogger(__name__)
 
 
 def find_mosquitto() -> str | None:
@@ -134,3 +145,244 @@ def children_stopped_at_exit() -> Iterator[list[ChildProcess]]:
     finally:
         for child in reversed(started):
             child.stop()
+
+
+# --- Mosquitto ----------------------------------------------------------------------------------
+
+LOOPBACK: Final = "127.0.0.1"
+#: Mosquitto keeps at most this many QoS 1 messages per client beyond those in flight, then
+#: drops the rest silently (its own default is 1000): a subscriber with a persistent session
+#: that is away for a while, or slower than its publishers, must not lose any that way.
+MOSQUITTO_MAX_QUEUED_MESSAGES: Final = 100_000
+#: Mosquitto's own default for how often it writes its persistence file while running; it
+#: also writes it when it stops on SIGTERM, which is what a restart relies on.
+MOSQUITTO_AUTOSAVE_INTERVAL_S: Final = 1800
+#: The name of the persistence file, in the runner's folder.
+MOSQUITTO_PERSISTENCE_FILE: Final = "mosquitto.db"
+#: Lines of the broker's log shown when it does not start.
+_LOG_TAIL_LINES: Final = 20
+_ACCEPT_POLL_S: Final = 0.02
+_CONNECT_TIMEOUT_S: Final = 1.0
+
+
+class MosquittoFailed(ProcessFailed):
+    """Mosquitto could not be run, exited before it listened, or did not listen in time."""
+
+
+def free_tcp_port(host: str = LOOPBACK) -> int:
+    """A TCP port nothing listens on now on ``host`` (the operating system's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def accepts_connections(host: str, port: int) -> bool:
+    """Whether a TCP connection to ``host:port`` succeeds now."""
+    try:
+        with socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _current_user() -> str | None:
+    # A uid without a passwd entry (some containers) has no name to give Mosquitto; such a
+    # user is not root, and Mosquitto only switches users when started as root.
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return None
+
+
+def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as err:
+        return f"(cannot read {path}: {err.strerror})"
+    tail = text.splitlines()[-lines:]
+    return "\n".join(tail) if tail else "(empty)"
+
+
+class MosquittoProcess:
+    """A Mosquitto broker as a child process, with its configuration, logs and (optionally)
+    persistence in ``folder``, listening on ``127.0.0.1:port`` only, anonymous clients allowed.
+
+    ``port`` defaults to a free one, picked once: :meth:`stop` then :meth:`start` (or
+    :meth:`restart`) bring the broker back on the same port, as a restarted server comes back
+    at the same address. Each start writes ``mosquitto.conf`` again and logs to a file of its
+    own, ``mosquitto-N.log`` for start N (:attr:`log_path`).
+
+    With ``persistence`` Mosquitto keeps sessions, subscriptions and queued QoS 1 messages in
+    ``folder/mosquitto.db``: written every ``autosave_interval_s`` and when it stops on
+    SIGTERM, read back on the next start. The configuration then names the current user
+    (``user``): started as root, Mosquitto would otherwise drop to the user ``mosquitto``,
+    which cannot write the folder.
+
+    ``verbose`` runs it with ``-v`` (every connection and packet in the log). Blocking calls;
+    also a context manager that starts and stops it::
+
+        with MosquittoProcess(find_mosquitto() or "mosquitto", Path("broker")) as broker:
+            print(broker.url)  # mqtt://127.0.0.1:PORT
+    """
+
+    def __init__(
+        self,
+        binary: str,
+        folder: Path,
+        port: int | None = None,
+        *,
+        persistence: bool = False,
+        autosave_interval_s: int = MOSQUITTO_AUTOSAVE_INTERVAL_S,
+        max_queued_messages: int = MOSQUITTO_MAX_QUEUED_MESSAGES,
+        verbose: bool = True,
+        start_timeout_s: float = START_TIMEOUT_S,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
+    ) -> None:
+        self.binary = binary
+        self.folder = folder
+        self.host = LOOPBACK
+        self.port = free_tcp_port(self.host) if port is None else port
+        self.persistence = persistence
+        self.autosave_interval_s = autosave_interval_s
+        self.max_queued_messages = max_queued_messages
+        self.verbose = verbose
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        #: How many times :meth:`start` launched the process.
+        self.starts = 0
+        #: The exit code of the latest process once it ended (negative: the signal that ended
+        #: it); None before that.
+        self.returncode: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``mqtt://127.0.0.1:PORT``, as ``owlgate fleet serve --broker`` takes it."""
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.folder / "mosquitto.conf"
+
+    @property
+    def log_path(self) -> Path:
+        """The log of the latest start (``mosquitto-N.log``)."""
+        return self.folder / f"mosquitto-{self.starts}.log"
+
+    @property
+    def persistence_path(self) -> Path:
+        return self.folder / MOSQUITTO_PERSISTENCE_FILE
+
+    @property
+    def pid(self) -> int | None:
+        """The running broker's process id; None while it is stopped."""
+        return None if self._process is None else self._process.pid
+
+    def config_text(self) -> str:
+        """The configuration each start writes to :attr:`config_path`."""
+        lines = [
+            f"listener {self.port} {self.host}",
+            "allow_anonymous true",
+            f"max_queued_messages {self.max_queued_messages}",
+        ]
+        if self.persistence:
+            lines += [
+                "persistence true",
+                # The trailing slash: Mosquitto joins location and file name as strings.
+                f"persistence_location {self.folder.resolve()}/",
+                f"persistence_file {MOSQUITTO_PERSISTENCE_FILE}",
+                f"autosave_interval {self.autosave_interval_s}",
+            ]
+            user = _current_user()
+            if user is not None:
+                lines.append(f"user {user}")
+        else:
+            lines.append("persistence false")
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> None:
+        """Start the broker and return once it accepts TCP connections; :class:`MosquittoFailed`
+        (with the end of its log) when it cannot run, exits, or does not listen within
+        ``start_timeout_s``. Does nothing while it runs."""
+        if self._process is not None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        self.config_path.write_text(self.config_text())
+        log_path = self.log_path
+        args = [self.binary, "-c", str(self.config_path), *(["-v"] if self.verbose else [])]
+        with log_path.open("wb") as out:
+            try:
+                process = subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                )
+            except OSError as err:
+                raise MosquittoFailed(
+                    f"cannot run mosquitto {self.binary!r}: {err.strerror or err}"
+                ) from err
+        self._process = process
+        deadline = time.monotonic() + self.start_timeout_s
+        while not accepts_connections(self.host, self.port):
+            code = process.poll()
+            if code is not None:
+                self._process = None
+                self.returncode = code
+                raise MosquittoFailed(
+                    f"mosquitto {self.binary!r} exited with code {code} before it listened on "
+                    f"{self.host}:{self.port}; {log_path} ends:\n{_log_tail(log_path)}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise MosquittoFailed(
+                    f"mosquitto {self.binary!r} did not listen on {self.host}:{self.port} "
+                    f"within {self.start_timeout_s:.0f} s; {log_path} ends:\n"
+                    f"{_log_tail(log_path)}"
+                )
+            time.sleep(_ACCEPT_POLL_S)
+        log.info(
+            "mosquitto pid %d listening on %s:%d (start %d)",
+            process.pid,
+            self.host,
+            self.port,
+            self.starts,
+        )
+
+    def stop(self) -> None:
+        """SIGTERM (Mosquitto then writes its persistence file), SIGKILL if it has not ended
+        within ``stop_timeout_s``; returns once the process is gone. Does nothing while it is
+        stopped."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "mosquitto pid %d still running %.0f s after SIGTERM; killing it",
+                    process.pid,
+                    self.stop_timeout_s,
+                )
+                process.kill()
+                process.wait()
+        self.returncode = process.returncode
+        log.info("mosquitto pid %d ended with code %s", process.pid, process.returncode)
+
+    def restart(self) -> None:
+        """:meth:`stop`, then :meth:`start` on the same port."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

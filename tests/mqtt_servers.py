@@ -18,21 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import subprocess
 import threading
-import time
-from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
 from owlgate.fleet.broker import EmbeddedBroker, free_port
-from owlgate.hil.processes import find_mosquitto
+from owlgate.hil.processes import MosquittoProcess, find_mosquitto
 from tests.conftest import require_binary
 
 READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
-_POLL_S = 0.02
 
 
 class BrokerServer(Protocol):
@@ -47,19 +42,6 @@ class BrokerServer(Protocol):
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
-
-
-def wait_until_accepting(host: str, port: int, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Return once ``host:port`` accepts TCP connections; AssertionError after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=1.0):
-                return
-        except OSError as err:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nothing accepts connections on {host}:{port}") from err
-            time.sleep(_POLL_S)
 
 
 class ThreadedEmbeddedBroker:
@@ -127,68 +109,13 @@ def mosquitto_binary() -> str:
     )
 
 
-#: Mosquitto keeps at most this many QoS 1 messages per client beyond those in flight, then
-#: drops the rest silently (its default is 1000): tests that publish while a subscriber with a
-#: persistent session is away, or faster than it stores, must not lose any that way.
-MOSQUITTO_MAX_QUEUED_MESSAGES = 100_000
-
-
-class MosquittoServer:
-    """A Mosquitto process with a configuration of its own, listening on 127.0.0.1 only, and
-    queueing up to ``max_queued_messages`` QoS 1 messages per client."""
-
-    def __init__(
-        self,
-        binary: str,
-        folder: Path,
-        port: int | None = None,
-        *,
-        max_queued_messages: int = MOSQUITTO_MAX_QUEUED_MESSAGES,
-    ) -> None:
-        self.host = "127.0.0.1"
-        self.port = free_port() if port is None else port
-        self.max_queued_messages = max_queued_messages
-        self._binary = binary
-        self._folder = folder
-        self._process: subprocess.Popen[bytes] | None = None
-        self._starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
-
-    def start(self) -> None:
-        if self._process is not None:
-            return
-        self._starts += 1
-        config = self._folder / "mosquitto.conf"
-        config.write_text(
-            f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
-            f"max_queued_messages {self.max_queued_messages}\n"
-        )
-        log_path = self._folder / f"mosquitto-{self._starts}.log"
-        with log_path.open("wb") as log_file:
-            self._process = subprocess.Popen(
-                [self._binary, "-c", str(config), "-v"],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_until_accepting(self.host, self.port)
-        except AssertionError as err:
-            self.stop()
-            raise AssertionError(f"{err}; log:\n{log_path.read_text()}") from err
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT_S)
+#: The tests' Mosquitto (:class:`owlgate.hil.processes.MosquittoProcess`): loopback only, no
+#: persistence unless asked for, a verbose log per start in its folder, and a per-client queue of
+#: ``MOSQUITTO_MAX_QUEUED_MESSAGES`` (100,000) QoS 1 messages, so that tests which publish while a
+#: subscriber with a persistent session is away, or faster than it stores, lose none to
+#: Mosquitto's default of 1000. A start that fails raises
+#: :class:`~owlgate.hil.processes.MosquittoFailed` with the end of the broker's log.
+MosquittoServer = MosquittoProcess
 
 
 class TcpProxy:
