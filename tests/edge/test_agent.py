@@ -96,7 +96,18 @@ class Fleet:
         return seal_session(self.sealing.public_key(), GATEWAY, session)
 
 
-def write_config(folder: Path, broker: BrokerServer, port: Path) -> EdgeConfig:
+def write_config(
+    folder: Path,
+    broker: BrokerServer,
+    port: Path | None = None,
+    *,
+    radio: str | None = None,
+    extra: str = "",
+) -> EdgeConfig:
+    """An ``edge.toml`` for a test: the serial concentrator on ``port``, or the ``[radio]``
+    keys given as ``radio``; ``extra`` is appended (more sections)."""
+    if radio is None:
+        radio = f'port = "{port}"'
     path = folder / "edge.toml"
     path.write_text(
         f"""
@@ -108,7 +119,7 @@ sealing_key = "keys/sealing-x25519.pem"
 fleet_key = "keys/fleet-ed25519.pub.pem"
 
 [radio]
-port = "{port}"
+{radio}
 
 [mqtt]
 url = "{broker.url}"
@@ -120,6 +131,7 @@ max_age_s = 0.05
 
 [health]
 interval_s = 1
+{extra}
 """
     )
     return load_config(path)

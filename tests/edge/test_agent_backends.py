@@ -21,7 +21,7 @@ from owlgate.codecs.gwmp import Stat
 from owlgate.codecs.node.telemetry import decode_batch
 from owlgate.codecs.signed import verify
 from owlgate.edge.agent import EdgeAgent
-from owlgate.edge.config import EdgeConfig, load_config
+from owlgate.edge.config import EdgeConfig
 from owlgate.edge.errors import ConfigError
 from owlgate.edge.semtech_udp import SemtechUdpBackend
 from owlgate.edge.state import StateDb, StoredSession
@@ -29,7 +29,7 @@ from owlgate.hil.devices import EmulatedDevice
 from owlgate.hil.packet_forwarder import EmulatedPacketForwarder
 from owlgate.hil.rak3172 import EmulatedRak3172
 from owlgate.hil.wired_nodes import EmulatedWiredBus
-from tests.edge.test_agent import GATEWAY, Fleet, FleetSide, eventually
+from tests.edge.test_agent import GATEWAY, Fleet, FleetSide, eventually, write_config
 from tests.mqtt_servers import BrokerServer
 
 pytest_plugins = ["tests.brokers"]
@@ -39,30 +39,7 @@ NODE_EUIS = (bytes.fromhex("70b3d57ed000a001"), bytes.fromhex("70b3d57ed000a002"
 
 
 def _config(folder: Path, broker: BrokerServer, radio: str, extra: str = "") -> EdgeConfig:
-    path = folder / "edge.toml"
-    path.write_text(
-        f"""
-[gateway]
-id = "{GATEWAY.hex()}"
-state_dir = "state"
-identity_key = "keys/identity-ed25519.pem"
-sealing_key = "keys/sealing-x25519.pem"
-fleet_key = "keys/fleet-ed25519.pub.pem"
-
-[radio]
-{radio}
-
-[mqtt]
-url = "{broker.url}"
-keepalive_s = 10
-
-[batch]
-max_readings = 4
-max_age_s = 0.05
-{extra}
-"""
-    )
-    return load_config(path)
+    return write_config(folder, broker, radio=radio, extra=extra)
 
 
 def _devices(count: int) -> list[EmulatedDevice]:
