@@ -18,12 +18,14 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from owlgate.codecs.payloads import PROFILES
 
 from .health import HealthThresholds, assess
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import render_metrics
 from .store import (
     DEFAULT_PAGE_LIMIT,
     MAX_PAGE_LIMIT,
@@ -248,6 +250,22 @@ def create_app(
             "started_at": _iso(started),
             **{name: source.stats() for name, source in sorted(sources.items())},
         }
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics: gateways by state, devices, ingest and control counters",
+        response_class=PlainTextResponse,
+    )
+    def metrics() -> PlainTextResponse:
+        sources: dict[str, StatsSource] = app.state.stats_sources
+        text = render_metrics(
+            store,
+            {name: source.stats for name, source in sources.items()},
+            now=clock(),
+            started_at=started,
+            thresholds=limits,
+        )
+        return PlainTextResponse(text, media_type=METRICS_CONTENT_TYPE)
 
     @app.get(f"{API_PREFIX}/profiles", summary="Device profiles (from the codec registry)")
     def list_profiles() -> dict[str, Any]:

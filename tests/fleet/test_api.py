@@ -271,6 +271,7 @@ def test_openapi_lists_every_route(client: ApiClient) -> None:
         "/api/v1/nodes/{dev_eui}/readings",
         "/api/v1/profiles",
         "/api/v1/stats",
+        "/metrics",
         "/api/v1/admin/gateways",
         "/api/v1/admin/devices",
     }
