@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import codec_bench, e2e_bench, edge_bench, fleet_bench, serial_bench
+from . import codec_bench, e2e_bench, edge_bench, fleet_bench, offline_bench, serial_bench
 from .figures import Figure
 
 SUITES = {
@@ -22,6 +22,7 @@ SUITES = {
     "edge": edge_bench.run,
     "fleet": fleet_bench.run,
     "e2e": e2e_bench.run,
+    "offline": offline_bench.run,
     "serial": serial_bench.run,
 }
 

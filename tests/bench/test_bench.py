@@ -125,3 +125,20 @@ def test_serial_suite_measures_the_paced_line_and_the_replug(tmp_path: Path) -> 
         assert 0 < figures[f"{name}.phy_payload"] < figures[name] <= 1.01
     assert figures["goals"]["edge.recovery_s"] == {"max": 2.0}
     assert 0 < figures["edge.recovery_s"] <= figures["edge.recovery_s.max"]
+
+
+def test_offline_suite_measures_a_power_cut(tmp_path: Path) -> None:
+    """A stopped agent (a power cut: no TCP close) shown offline by the fleet API, once through
+    the Last Will and once through the heartbeat rule; on a Mosquitto the bench starts."""
+    mosquitto_binary()
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--suite", "offline", "--quick", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    assert figures["goals"]["fleet.offline_detect_s"] == {"max": 7.5}
+    assert figures["goals"]["fleet.offline_detect_s.heartbeat"] == {"max": 6}
+    # Never sooner than the rules allow: the Will after 1.5 keep-alives of silence counted from
+    # the last packet (at most one keep-alive before the cut), offline after 2 heartbeat
+    # intervals counted from the last health message (at most one interval before the cut).
+    assert figures["fleet.offline_detect_s"] >= 1.5 * 5 - 5
+    assert figures["fleet.offline_detect_s.heartbeat"] >= 2 * 3 - 3
