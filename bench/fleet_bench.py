@@ -206,6 +206,7 @@ def _fleet(seeded: Seeded, folder: Path, broker: str | None) -> Iterator[tuple[P
     shutil.copyfile(seeded.db, db)
     args = ["fleet", "serve", "--db", str(db), "--http-port", "0", "--instance", "bench"]
     args += ["--signing-key", str(seeded.db.parent / "gateway-keys/fleet-signing-ed25519.pem")]
+    args += ["--kek-file", str(seeded.db.parent / "gateway-keys/fleet-kek.json")]
     if broker is not None:
         args += ["--broker", broker]
     with children_stopped_at_exit() as children:

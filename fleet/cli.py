@@ -1,4 +1,9 @@
-"""``owlgate fleet``: run the fleet manager (``serve``) and fill a database for a demo (``seed``).
+"""``owlgate fleet``: run the fleet manager (``serve``), fill a database for a demo (``seed``),
+and re-wrap the device keys under a new key-encryption key (``rotate-kek``).
+
+Every command that opens the store opens it with a key vault (:mod:`owlgate.fleet.vault`):
+the KEK comes from ``--kek-env NAME`` or ``--kek-file PATH`` (default
+``gateway-keys/fleet-kek.json`` beside the database, which ``seed`` creates when missing).
 
 ``serve`` runs the HTTP API under uvicorn. Background services (the MQTT ingest, and the
 control service that answers joins and hands out device sessions) are added as lifespan
@@ -36,6 +41,7 @@ from .ingest import DEFAULT_VERIFY_WORKERS, ingest_service
 from .joinserver import dev_addr_prefix
 from .mqtt import InstanceNameError, check_instance, default_instance
 from .store import FleetError, Store
+from .vault import KeyVault, VaultError
 
 EXIT_BAD_INPUT = 2
 DEFAULT_DB = "owlgate-fleet.sqlite3"
@@ -48,13 +54,15 @@ FLEET_SIGNING_KEY_FILE = "fleet-signing-ed25519.pem"
 FLEET_PUBLIC_KEY_FILE = "fleet-ed25519.pub.pem"
 DEFAULT_KEYS_DIR = "gateway-keys"
 MANIFEST_FILE = "emulator-secrets.json"
+#: The fleet's key-encryption key, under ``KEYS_DIR`` beside the database.
+KEK_FILE = "fleet-kek.json"
 
 #: A background service: given the store, an async context manager that runs while serving.
 Service = Callable[[Store], AbstractAsyncContextManager[object]]
 
 fleet_command = typer.Typer(
     name="fleet",
-    help="The fleet manager: serve the API, seed a demo database.",
+    help="The fleet manager: serve the API, seed a demo database, rotate the KEK.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -65,11 +73,68 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
-def _open_store(db: Path) -> Store:
+def default_kek_file(db: Path) -> Path:
+    """Where the KEK is looked for (and ``seed`` creates it) when no option names one."""
+    return db.parent / DEFAULT_KEYS_DIR / KEK_FILE
+
+
+def fresh_kek_id() -> str:
+    """An id for a new KEK: ``k``, the UTC time to the second and four random hex digits (two
+    KEKs made in the same second still differ), e.g. ``k20261201T204600Z-3fa9``."""
+    return "k" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+KekFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--kek-file",
+        metavar="FILE",
+        help=f"the key-encryption key the device keys are wrapped under, JSON, mode 0600 "
+        f"[DB folder/{DEFAULT_KEYS_DIR}/{KEK_FILE}]",
+    ),
+]
+KekEnvOption = Annotated[
+    str | None,
+    typer.Option(
+        "--kek-env",
+        metavar="NAME",
+        help="read the key-encryption key from this environment variable (ID:HEX) instead "
+        "of a file",
+    ),
+]
+
+
+def load_vault(
+    db: Path, kek_file: Path | None, kek_env: str | None, *, create: bool = False
+) -> KeyVault:
+    """The vault for ``db``: from ``kek_env`` if given, else from ``kek_file`` (default
+    :func:`default_kek_file`), created with a new KEK when missing and ``create``. A one-line
+    error and exit 2 when the KEK cannot be loaded."""
+    if kek_env is not None:
+        if kek_file is not None:
+            _fail("give --kek-file or --kek-env, not both")
+        try:
+            return KeyVault.from_env(kek_env)
+        except VaultError as err:
+            _fail(f"--kek-env: {err.message}")
+    path = kek_file or default_kek_file(db)
+    try:
+        if create and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return KeyVault.generate_file(path, fresh_kek_id())
+        return KeyVault.from_file(path)
+    except VaultError as err:
+        hint = "" if path.exists() else " (`owlgate fleet seed` creates one)"
+        _fail(f"--kek-file: {err.message}{hint}")
+    except OSError as err:
+        _fail(f"--kek-file {path}: {err.strerror or err}")
+
+
+def _open_store(db: Path, vault: KeyVault) -> Store:
     if str(db) != ":memory:" and not db.parent.is_dir():
         _fail(f"--db {db}: folder {db.parent} does not exist")
     try:
-        return Store(db)
+        return Store(db, vault=vault)
     except (OwlgateError, OSError) as err:
         _fail(f"--db {db}: {err}")
 
@@ -204,6 +269,8 @@ def serve(
             "over its restarts (Mosquitto 2.0 does not: see docs/fleet.md)",
         ),
     ] = False,
+    kek_file: KekFileOption = None,
+    kek_env: KekEnvOption = None,
 ) -> None:
     """Run the fleet manager: the HTTP API (OpenAPI at /openapi.json), the MQTT ingest, and
     joins and device sessions over MQTT."""
@@ -218,6 +285,7 @@ def serve(
     if str(db) != ":memory:" and not db.parent.is_dir():
         _fail(f"--db {db}: folder {db.parent} does not exist")
     key = load_signing_key(signing_key or db.parent / DEFAULT_KEYS_DIR / FLEET_SIGNING_KEY_FILE)
+    vault = load_vault(db, kek_file, kek_env)
     services, url = broker_services(
         broker,
         key,
@@ -225,7 +293,7 @@ def serve(
         verify_workers=verify_workers,
         shared=shared_subscriptions,
     )
-    store = _open_store(db)
+    store = _open_store(db, vault)
     typer.echo(f"MQTT broker: {url}" + (" (embedded)" if broker is None else ""))
     typer.echo(f"fleet instance: {instance}")
     try:
@@ -390,6 +458,8 @@ def seed(
     seed_value: Annotated[
         int | None, typer.Option("--seed", help="reproducible ids and keys (demo only)")
     ] = None,
+    kek_file: KekFileOption = None,
+    kek_env: KekEnvOption = None,
 ) -> None:
     """Fill a fleet database for a demo: gateways with fresh keys, devices over every profile."""
     if gateways < 0 or nodes < 0:
@@ -398,7 +468,19 @@ def seed(
     manifest = manifest or db.parent / MANIFEST_FILE
     if not manifest.parent.is_dir():
         _fail(f"--manifest {manifest}: folder {manifest.parent} does not exist")
-    store = _open_store(db)
+    if not db.parent.is_dir():
+        _fail(f"--db {db}: folder {db.parent} does not exist")
+    if kek_env is None and db.exists() and not (kek_file or default_kek_file(db)).exists():
+        # A new KEK for a database whose keys are wrapped under another would only leave a
+        # useless KEK file behind: say which one it needs instead.
+        with Store(db) as existing:
+            needed = existing.kek_ids_in_use()
+        if needed:
+            _fail(
+                f"--db {db}: its keys are wrapped under KEK {', '.join(sorted(needed))}; "
+                "give that KEK with --kek-file or --kek-env"
+            )
+    store = _open_store(db, load_vault(db, kek_file, kek_env, create=True))
     try:
         seeded = seed_fleet(
             store,
@@ -428,4 +510,58 @@ def seed(
         f"fleet's signing key in {seeded.signing_key}), "
         f"{len(seeded.devices)} devices ({abp} ABP, {len(seeded.devices) - abp} OTAA) over "
         f"profiles {', '.join(sorted(PROFILES))}; emulator secrets in {manifest} (mode 0600)"
+    )
+
+
+@fleet_command.command("rotate-kek")
+def rotate_kek(
+    db: Annotated[Path, typer.Option("--db", help="SQLite database file")],
+    new_kek_file: Annotated[
+        Path,
+        typer.Option(
+            "--new-kek-file",
+            metavar="FILE",
+            help="the new key-encryption key (created, mode 0600, when it does not exist)",
+        ),
+    ],
+    new_kek_id: Annotated[
+        str | None,
+        typer.Option(
+            "--new-kek-id",
+            metavar="ID",
+            help="the id of the new KEK when it is created [k and the UTC time]",
+        ),
+    ] = None,
+    kek_file: KekFileOption = None,
+    kek_env: KekEnvOption = None,
+) -> None:
+    """Re-wrap every device key under a new key-encryption key, in one transaction."""
+    if not db.is_file():
+        _fail(f"--db {db}: no such database file")
+    old = load_vault(db, kek_file, kek_env)
+    # Opening checks the old KEK against what is stored (RFC 3394 integrity check), so a
+    # wrong old KEK is refused here, before the new one is made or anything is written.
+    store = _open_store(db, old)
+    try:
+        try:
+            if new_kek_file.exists():
+                new = KeyVault.from_file(new_kek_file)
+            else:
+                new = KeyVault.generate_file(new_kek_file, new_kek_id or fresh_kek_id())
+        except VaultError as err:
+            _fail(f"--new-kek-file: {err.message}")
+        if new.key_id in old.key_ids:
+            _fail(
+                f"--new-kek-file: KEK id {new.key_id!r} is already the old KEK's; a new KEK "
+                "needs an id of its own"
+            )
+        try:
+            count = store.rewrap_keys(new.with_older([old]))
+        except OwlgateError as err:
+            _fail(f"--db {db}: {err}")
+    finally:
+        store.close()
+    typer.echo(
+        f"re-wrapped {count} keys in {db} under KEK {new.key_id!r} ({new_kek_file}); "
+        f"the old KEK {old.key_id!r} is no longer needed"
     )

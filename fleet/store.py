@@ -13,9 +13,12 @@ Rules the code keeps:
 - times are UTC seconds since the Unix epoch (floats), ids are lowercase hex: a gateway by
   its EUI-64, a device by its DevEUI (16 digits each);
 - secrets (AppKey, NwkSKey, AppSKey) live in their own table, ``device_keys``, and no method
-  that returns registry rows returns them. They are stored in PLAINTEXT until the key-vault
-  issue wraps every key under a key-encryption key (AES key wrap, RFC 3394); until then the
-  database file must be treated as secret (mode 0600, never copied off the fleet host).
+  that returns registry rows returns them. Each is stored wrapped (AES key wrap, RFC 3394)
+  under the key-encryption key of the store's :class:`~owlgate.fleet.vault.KeyVault`, which
+  is never in the database. A store opened without a vault refuses to write or read a key
+  (VaultRequiredError), so no key is ever written in plaintext. A database from before the
+  vault (plaintext keys, 16 bytes each) is re-wrapped in one transaction the first time it
+  is opened with a vault (see :meth:`Store.__init__`).
 
 Pagination is keyset-based: a page holds ``items`` and ``next``, an opaque cursor to pass back
 as ``after`` for the next page (None on the last page). Unlike an offset, a cursor does not
@@ -25,6 +28,7 @@ skip or repeat rows when rows are inserted between two requests.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +46,9 @@ from owlgate.codecs.node.telemetry import Reading
 from owlgate.codecs.payloads import PROFILES
 
 from .health import GatewayFacts
+from .vault import KeyVault, VaultError, VaultRequiredError, is_wrapped, kek_id_of
+
+log = logging.getLogger(__name__)
 
 #: How far apart (seconds of reading time) two readings with the same DevEUI and FCnt may be
 #: and still be one frame heard twice: FCnt restarts at 0 after a rejoin, so equal counters
@@ -255,7 +262,7 @@ def _registry(db: Database) -> None:
         foreign_keys=[("profile_id", "device_profiles", "id")],
     )
     db.table("devices").create_index(["dev_addr"])
-    # PLAINTEXT until the key-vault issue wraps these under a KEK (see the module docstring).
+    # Written in plaintext by the releases before migration 0004; wrapped since.
     db.table("device_keys").create(
         {"dev_eui": str, "app_key": bytes, "nwk_s_key": bytes, "app_s_key": bytes},
         pk="dev_eui",
@@ -302,6 +309,15 @@ def _drop_fcnt_index(db: Database) -> None:
     db.execute("DROP INDEX IF EXISTS idx_readings_dev_eui_fcnt")
 
 
+@migration("0004_wrapped_device_keys")
+def _wrapped_device_keys(db: Database) -> None:
+    # The schema does not change: the key columns hold a wrapped blob instead of the raw key,
+    # both BLOBs. What this records is when the database began to hold wrapped keys. The
+    # plaintext keys an older release left are wrapped by Store.__init__, which has the
+    # vault; a migration function sees only the database.
+    del db
+
+
 # --- the store ---------------------------------------------------------------------------------
 
 
@@ -316,10 +332,27 @@ class Store:
     in a thread pool); SQLite serialises writers anyway."""
 
     def __init__(
-        self, path: str | Path = ":memory:", *, dedup_window_s: float = DEFAULT_DEDUP_WINDOW_S
+        self,
+        path: str | Path = ":memory:",
+        *,
+        dedup_window_s: float = DEFAULT_DEDUP_WINDOW_S,
+        vault: KeyVault | None = None,
     ) -> None:
+        """Open (creating and migrating if needed) the database at ``path``.
+
+        With ``vault``, every key stored is checked to be unwrappable by it, one key per KEK
+        id (WrongKekError naming the id it needs otherwise, before anything is written), and
+        plaintext keys left by a release before the vault are wrapped, all in one
+        transaction. Without ``vault`` the store works except for device keys: writing or
+        reading one raises VaultRequiredError.
+        """
         self.path = str(path)
         self.dedup_window_s = dedup_window_s
+        self.vault = vault
+        #: Keys wrapped at open because they were found in plaintext.
+        self.plaintext_keys_wrapped = 0
+        #: Stored keys that could not be unwrapped when read (:meth:`device_keys`).
+        self.unwrap_errors = 0
         conn = sqlite3.connect(self.path, check_same_thread=False)
         self._db = Database(conn, execute_plugins=False)
         self._lock = threading.RLock()
@@ -331,6 +364,8 @@ class Store:
             # per checkpoint, not once per transaction (the WAL grows to about 40 MB).
             self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
         self._migrate()
+        if vault is not None:
+            self.plaintext_keys_wrapped = self._adopt_keys(vault)
         # The profiles are the codec registry's: refreshed at every open, so a new built-in
         # profile appears without a migration.
         self.upsert_profiles(
@@ -364,6 +399,127 @@ class Store:
                     db.table("migrations").insert(
                         {"name": name, "applied_at": _now_text(db)}, pk="name"
                     )
+
+    def _adopt_keys(self, vault: KeyVault) -> int:
+        """Check that ``vault`` can unwrap what is stored and wrap plaintext keys; returns
+        how many were wrapped."""
+        with self._scrubbing(), self.transaction() as db:
+            rows = db.execute(f"SELECT dev_eui, {', '.join(KEY_COLUMNS)} FROM device_keys")
+            plaintext: list[tuple[str, str, bytes]] = []
+            checked: set[str] = set()
+            for eui, *values in rows.fetchall():
+                for column, value in zip(KEY_COLUMNS, values, strict=True):
+                    if value is None:
+                        continue
+                    if not is_wrapped(value):
+                        if len(value) != 16:
+                            raise VaultError(
+                                f"device {eui}: {column} is neither a wrapped key nor a "
+                                f"plaintext one ({len(value)} bytes)"
+                            )
+                        plaintext.append((eui, column, bytes(value)))
+                        continue
+                    key_id = kek_id_of(value)
+                    if key_id not in checked:
+                        # One key per KEK id: RFC 3394's integrity check on it proves the
+                        # vault holds the right KEK under that id (or raises WrongKekError).
+                        vault.unwrap(value)
+                        checked.add(key_id)
+            for eui, column, key in plaintext:
+                db.execute(
+                    f"UPDATE device_keys SET {column} = ? WHERE dev_eui = ?",
+                    [vault.wrap(key), eui],
+                )
+        if plaintext:
+            log.warning(
+                "wrapped %d plaintext device keys under KEK %r in %s; the database's old pages "
+                "may still hold them until it is vacuumed",
+                len(plaintext),
+                vault.key_id,
+                self.path,
+            )
+        return len(plaintext)
+
+    def kek_ids_in_use(self) -> set[str]:
+        """The ids of the KEKs the stored keys are wrapped under (no vault needed): which
+        KEK this database, or a backup of it, needs."""
+        found: set[str] = set()
+        for column in KEY_COLUMNS:
+            for (value,) in self._rows_raw(
+                f"SELECT DISTINCT substr({column}, 1, 34) FROM device_keys "
+                f"WHERE {column} IS NOT NULL"
+            ):
+                if len(value) >= 3 and value[0] == 1 and len(value) >= 2 + value[1]:
+                    found.add(value[2 : 2 + value[1]].decode("ascii", "replace"))
+        return found
+
+    def _rows_raw(self, sql: str) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql).fetchall())
+
+    def rewrap_keys(self, vault: KeyVault | None = None) -> int:
+        """Re-wrap every stored key under the current KEK of ``vault`` (default: the store's
+        own), in one transaction; returns how many keys were re-wrapped. ``vault`` must also
+        hold the KEK the keys are wrapped under now (:meth:`KeyVault.with_older`). Every key
+        is unwrapped before any is written, so a KEK missing or wrong refuses with
+        WrongKekError and changes nothing. The store uses ``vault`` from then on."""
+        vault = vault or self.vault
+        if vault is None:
+            raise VaultRequiredError("re-wrapping keys needs a vault")
+        with self._scrubbing(), self.transaction() as db:
+            rows = db.execute(
+                f"SELECT dev_eui, {', '.join(KEY_COLUMNS)} FROM device_keys ORDER BY dev_eui"
+            ).fetchall()
+            fresh: list[tuple[bytes | None, ...]] = []
+            count = 0
+            for eui, *values in rows:
+                keys = [None if v is None else vault.unwrap(v) for v in values]
+                count += sum(1 for key in keys if key is not None)
+                fresh.append((*(None if k is None else vault.wrap(k) for k in keys), eui))
+            db.conn.executemany(
+                "UPDATE device_keys SET "
+                + ", ".join(f"{column} = ?" for column in KEY_COLUMNS)
+                + " WHERE dev_eui = ?",
+                fresh,
+            )
+            self.vault = vault
+        log.info("re-wrapped %d device keys under KEK %r", count, vault.key_id)
+        return count
+
+    @contextmanager
+    def _scrubbing(self) -> Iterator[None]:
+        """Around a rewrite of the keys: what they replace must not stay readable in the file.
+
+        ``secure_delete`` makes SQLite zero the space an old value leaves in its page, and the
+        TRUNCATE checkpoint afterwards copies the new pages into the database and empties the
+        WAL, whose frames hold whole images of the old pages.
+        """
+        with self._lock:
+            self._db.execute("PRAGMA secure_delete = ON")
+            try:
+                yield
+            finally:
+                self._db.execute("PRAGMA secure_delete = OFF")
+            if self.path != ":memory:":
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _wrap(self, key: bytes | None) -> bytes | None:
+        if key is None:
+            return None
+        if self.vault is None:
+            raise VaultRequiredError(
+                "this store was opened without a key vault: device keys cannot be written"
+            )
+        return self.vault.wrap(key)
+
+    def _unwrap(self, blob: bytes | None) -> bytes | None:
+        if blob is None:
+            return None
+        if self.vault is None:
+            raise VaultRequiredError(
+                "this store was opened without a key vault: device keys cannot be read"
+            )
+        return self.vault.unwrap(blob)
 
     def applied_migrations(self) -> list[str]:
         """Names of the migrations recorded in the ``migrations`` table, in applied order."""
@@ -585,9 +741,9 @@ class Store:
             db.table("device_keys").insert(
                 {
                     "dev_eui": eui,
-                    "app_key": app_key,
-                    "nwk_s_key": nwk_s_key,
-                    "app_s_key": app_s_key,
+                    "app_key": self._wrap(app_key),
+                    "nwk_s_key": self._wrap(nwk_s_key),
+                    "app_s_key": self._wrap(app_s_key),
                 }
             )
         return self.device(eui)
@@ -615,9 +771,16 @@ class Store:
         if not rows:
             raise NotFoundError(f"no device {eui}")
         row = rows[0]
-        return DeviceKeys(
-            app_key=row["app_key"], nwk_s_key=row["nwk_s_key"], app_s_key=row["app_s_key"]
-        )
+        try:
+            return DeviceKeys(
+                app_key=self._unwrap(row["app_key"]),
+                nwk_s_key=self._unwrap(row["nwk_s_key"]),
+                app_s_key=self._unwrap(row["app_s_key"]),
+            )
+        except VaultError as err:
+            self.unwrap_errors += 1
+            log.warning("device %s: its keys cannot be read: %s", eui, err.message)
+            raise
 
     def dev_addr_in_use(self, dev_addr: int) -> bool:
         return bool(self._rows("SELECT 1 FROM devices WHERE dev_addr = ?", [dev_addr]))
@@ -653,6 +816,7 @@ class Store:
 
             dev_addr = allocate_dev_addr(in_use)
             nwk_s_key, app_s_key = session(join_nonce)
+            wrapped_nwk_s_key, wrapped_app_s_key = self._wrap(nwk_s_key), self._wrap(app_s_key)
             db.table("devices").update(
                 eui,
                 {
@@ -662,7 +826,9 @@ class Store:
                     "joined_at": at,
                 },
             )
-            db.table("device_keys").update(eui, {"nwk_s_key": nwk_s_key, "app_s_key": app_s_key})
+            db.table("device_keys").update(
+                eui, {"nwk_s_key": wrapped_nwk_s_key, "app_s_key": wrapped_app_s_key}
+            )
         return join_nonce, dev_addr
 
     # --- readings ------------------------------------------------------------------------------
@@ -893,6 +1059,9 @@ class Store:
         more = len(rows) > limit and last is not None
         return Page(items, f"{last.time_s!r}:{last.id}" if more and last else None)
 
+
+#: The columns of ``device_keys`` that hold a wrapped key.
+KEY_COLUMNS: Final = ("app_key", "nwk_s_key", "app_s_key")
 
 #: Rows per dedup query: four parameters each, well under SQLite's historical limit of 999
 #: bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER before 3.32).

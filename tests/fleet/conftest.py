@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -10,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from owlgate.fleet.store import Store
+from owlgate.fleet.vault import KeyVault
 
 T0 = 1_800_000_000.0
 GW1 = "b827ebfffe000001"
@@ -28,8 +30,14 @@ def raw_public(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
 
 
 @pytest.fixture
-def store() -> Iterator[Store]:
-    with Store(":memory:") as fresh:
+def vault(tmp_path: Path) -> KeyVault:
+    """A fresh KEK, written to a 0600 file in the test's folder as ``seed`` would."""
+    return KeyVault.generate_file(tmp_path / "test-kek.json", "test1")
+
+
+@pytest.fixture
+def store(vault: KeyVault) -> Iterator[Store]:
+    with Store(":memory:", vault=vault) as fresh:
         yield fresh
 
 

@@ -25,6 +25,7 @@ from owlgate.codecs.sealed import open_session
 from owlgate.fleet.cli import IDENTITY_KEY_FILE, SEALING_KEY_FILE, build_server, fleet_command
 from owlgate.fleet.joinserver import JoinServer
 from owlgate.fleet.store import Store
+from owlgate.fleet.vault import KeyVault
 
 RUNNER = CliRunner()
 
@@ -48,7 +49,8 @@ def test_seed_registers_public_keys_and_writes_private_ones(tmp_path: Path) -> N
         "parking-v1",
         "waste-bin-v1",
     ]
-    with Store(tmp_path / "fleet.db") as store:
+    vault = KeyVault.from_file(tmp_path / "gateway-keys" / "fleet-kek.json")
+    with Store(tmp_path / "fleet.db", vault=vault) as store:
         gateways = store.gateways().items
         assert [g.id for g in gateways] == sorted(g["id"] for g in manifest["gateways"])
         for gateway in gateways:
