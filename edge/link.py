@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import random
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Final, Generic, Self, TypeVar
 
@@ -331,7 +332,7 @@ class ReconnectingLink:
         return "the port closed"
 
 
-class LinkOwner(Generic[_StatusT]):
+class LinkOwner(ABC, Generic[_StatusT]):
     """The lifecycle of a backend whose connection the :class:`ReconnectingLink` in
     ``self._link`` supervises: an async context manager (entering starts the link, once;
     leaving closes it), :meth:`close`, :meth:`wait_connected` and :meth:`wait_disconnected`.
@@ -368,9 +369,9 @@ class LinkOwner(Generic[_StatusT]):
         return self.status
 
     @property
+    @abstractmethod
     def status(self) -> _StatusT:
         """The backend's state now."""
-        raise NotImplementedError
 
     def _on_closed(self) -> None:
         """Called once, after the link closed."""

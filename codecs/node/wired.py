@@ -102,7 +102,9 @@ class _Wire:
     __slots__ = ()
 
     def _items(self) -> list[object]:
-        raise NotImplementedError
+        # Abstract: every message class returns its wire items. (MicroPython has no abc
+        # module, so no @abstractmethod; a class that forgot would fail every comparison.)
+        raise NotImplementedError(type(self).__name__ + " does not define its wire items")
 
     def __eq__(self, other: object) -> bool:
         return (

@@ -378,3 +378,13 @@ def test_bad_node_arguments_are_typed_errors(kwargs: dict[str, object], fragment
     arguments.update(kwargs)
     with pytest.raises(WiredError, match=fragment):
         WiredNode(**arguments)  # type: ignore[arg-type]
+
+
+def test_every_message_class_defines_its_wire_items() -> None:
+    # The base class's _items is abstract (MicroPython has no abc): none may be left to it.
+    from owlgate.codecs.node import wired
+
+    classes: list[type] = [wired.WiredReading, *wired.Message.__subclasses__()]
+    assert len(classes) == 9
+    for cls in classes:
+        assert "_items" in vars(cls), cls.__name__

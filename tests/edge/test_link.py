@@ -435,3 +435,11 @@ def test_serial_session_reads_until_the_block_ends_then_closes(tmp_path: Path) -
             await asyncio.wait_for(peer_closed.wait(), WAIT_S)
 
     asyncio.run(main())
+
+
+def test_a_link_owner_must_say_its_status() -> None:
+    class Silent(LinkOwner[str]):
+        pass
+
+    with pytest.raises(TypeError, match="status"):
+        Silent()  # type: ignore[abstract]
