@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from owlgate.codecs.node.telemetry import Reading
 from owlgate.edge.batcher import Batcher
-from owlgate.edge.state import OutboxEntry, StateDb
+from owlgate.edge.state import StateDb, UplinkOutbox
 from owlgate.edge.uplink import Uplink
 from owlgate.hil.processes import find_mosquitto
 
@@ -109,21 +109,8 @@ def outbox_enqueue_per_s(quick: bool) -> tuple[float, float]:
     return max(rounds), statistics.median(rounds)
 
 
-class _Outbox:
-    """The state database as the uplink sees it (as the agent wires it)."""
-
-    def __init__(self, state: StateDb) -> None:
-        self.state = state
-
-    def pending(self, limit: int) -> list[OutboxEntry]:
-        return self.state.pending(limit, live_first=True)
-
-    def ack_many(self, entry_ids: Sequence[int]) -> None:
-        self.state.ack_many(entry_ids)
-
-
 async def _drain(state: StateDb, host: str, port: int) -> float:
-    uplink = Uplink(_Outbox(state), GATEWAY, host, port)
+    uplink = Uplink(UplinkOutbox(state), GATEWAY, host, port)
     async with uplink:
         while not uplink.connected:  # noqa: ASYNC110 - a benchmark's start line
             await asyncio.sleep(0.001)

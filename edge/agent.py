@@ -46,7 +46,7 @@ import os
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -74,7 +74,7 @@ from .errors import EdgeError, RadioError
 from .health import AgentFigures, HealthSources, collect_health
 from .lorawan_proc import JoinRequestForward, LorawanProcessor, join_accept_tx
 from .radio import RadioBackend, RadioCounters
-from .state import OutboxEntry, StateDb
+from .state import StateDb, UplinkOutbox
 from .uplink import TOPIC_PREFIX, Uplink, backoff_delay_s
 from .wired import WiredBus
 
@@ -154,25 +154,6 @@ class AgentCounters:
     health_published: int = 0
     wired_readings: int = 0
     loop_restarts: int = 0
-
-
-class _Outbox:
-    """The state database seen through the uplink's ``OutboxLike`` interface; live batches
-    go before a backlog sealed while the backhaul was down."""
-
-    __slots__ = ("_state",)
-
-    def __init__(self, state: StateDb) -> None:
-        self._state = state
-
-    def pending(self, limit: int) -> list[OutboxEntry]:
-        return self._state.pending(limit, live_first=True)
-
-    def ack_many(self, entry_ids: Sequence[int]) -> None:
-        self._state.ack_many(entry_ids)
-
-    def depth(self) -> int:
-        return self._state.depth
 
 
 class _PendingJoin:
@@ -293,7 +274,7 @@ class EdgeAgent:
             }
             log.info("gateway %s: %d device sessions loaded", self.gateway_id.hex(), loaded)
             uplink = Uplink(
-                _Outbox(state),
+                UplinkOutbox(state),
                 self.gateway_id,
                 config.mqtt.host,
                 config.mqtt.port,
@@ -474,8 +455,7 @@ class EdgeAgent:
                     log.error("writing a telemetry batch failed, will retry: %s", err)
                     continue
                 if sealed is not None:
-                    counters.readings += sealed.count
-                    uplink.notify()
+                    self._sealed(batcher, sealed, uplink)
                 elif len(batcher) == 1:
                     started.set()
             elif isinstance(result, JoinRequestForward):

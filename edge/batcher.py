@@ -86,8 +86,8 @@ class Batcher:
     """Collects readings into signed batches; see the module docstring.
 
     ``gateway_id`` is the gateway's 8-byte EUI; ``signing_key`` its Ed25519 identity key.
-    ``backhaul`` says whether the backhaul is up now; without it, ``backhaul_up`` (settable)
-    does. Either decides the ``delayed`` flag of the next sealed batch. ``counters`` is
+    ``backhaul`` says whether the backhaul is up now (None: always up); it decides the
+    ``delayed`` flag of the next sealed batch. ``counters`` is
     ``"f_cnt"`` (LoRaWAN readings) or ``"node_seq"`` (wired readings).
     """
 
@@ -123,7 +123,6 @@ class Batcher:
         self.max_readings = max_readings
         self.max_age_s = max_age_s
         self.topic = topic
-        self.backhaul_up = True
         self._readings: list[Reading] = []
         self._first_at: float | None = None
         self.sealed_batches = 0
@@ -179,7 +178,7 @@ class Batcher:
             return None
         seq = self._state.next_batch_seq
         backhaul = self._backhaul
-        delayed = not (self.backhaul_up if backhaul is None else backhaul())
+        delayed = backhaul is not None and not backhaul()
         base_time = min(reading.time_s for reading in readings)
         payload = encode_batch(Batch(self._gateway_id, seq, base_time, readings, delayed))
         message = sign(payload, self._key)

@@ -74,11 +74,6 @@ def _new_agent(config: EdgeConfig, keys: GatewayKeys) -> EdgeAgent:
     return EdgeAgent(config, keys=keys)
 
 
-def watchdog_ok(agent: EdgeAgent) -> bool:
-    """The agent's own health verdict for the watchdog."""
-    return agent.watchdog_ok()
-
-
 def describe(agent: EdgeAgent) -> str:
     """One line for ``STATUS=``: readiness, radio, backhaul and outbox depth."""
     uplink = agent.uplink
@@ -260,7 +255,7 @@ class AgentService:
         # Half the timeout, as sd_watchdog_enabled(3) recommends: one late ping is survived.
         stuck = False
         while True:
-            if watchdog_ok(self._agent):
+            if self._agent.watchdog_ok():
                 notify_watchdog()
                 if stuck:
                     log.info("watchdog: the agent is healthy again")

@@ -54,6 +54,7 @@ __all__ = [
     "StateDb",
     "StateError",
     "StoredSession",
+    "UplinkOutbox",
 ]
 
 _log = logging.getLogger(__name__)
@@ -627,3 +628,20 @@ class StateDb:
             self._warning,
             self.used_bytes,
         )
+
+
+class UplinkOutbox:
+    """A state database as the MQTT uplink sees it (its ``OutboxLike``): live batches go
+    before a backlog sealed while the backhaul was down, and delivered ones are deleted in
+    one write per publish window."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: StateDb) -> None:
+        self._state = state
+
+    def pending(self, limit: int) -> list[OutboxEntry]:
+        return self._state.pending(limit, live_first=True)
+
+    def ack_many(self, entry_ids: Sequence[int]) -> None:
+        self._state.ack_many(entry_ids)

@@ -84,10 +84,10 @@ def test_seals_on_age(state: StateDb) -> None:
 
 
 def test_delayed_flag_when_backhaul_down(state: StateDb) -> None:
-    batcher = Batcher(state, KEY, GATEWAY, max_readings=1)
-    batcher.backhaul_up = False
+    up = [False]
+    batcher = Batcher(state, KEY, GATEWAY, max_readings=1, backhaul=lambda: up[0])
     batcher.add(_reading(0), now=1.0)
-    batcher.backhaul_up = True
+    up[0] = True
     batcher.add(_reading(1), now=2.0)
     entries = state.pending(10)
     assert [e.delayed for e in entries] == [True, False]
