@@ -1,15 +1,22 @@
 """The fleet figures: readings per second the fleet's MQTT ingest verifies, stores and
 acknowledges, through the interface operators run (``owlgate fleet serve``), on the embedded
-broker and on Mosquitto.
+broker, on Mosquitto, and on Mosquitto with the database on PostgreSQL.
 
 The bench seeds a database (``owlgate fleet seed``: 10 gateways, 1,000 devices), starts
 ``owlgate fleet serve`` on a copy of it as a separate process, and feeds it from one MQTT
 publisher per seeded gateway (QoS 1), each publishing batches of 100 readings of that
 gateway's devices, encoded and signed with the gateway's own key before timing starts. A round
 runs from the first PUBLISH to the moment the fleet has committed the last batch, seen by
-polling the SQLite file read-only; every reading published must then be in the database, or
-the suite fails. Mosquitto is started by the bench, on a free port with a configuration of its
-own in a temporary folder; without the binary that figure is skipped, with a note.
+polling the SQLite file read-only (or PostgreSQL over a connection of its own); every reading
+published must then be in the database, or the suite fails. Mosquitto is started by the bench,
+on a free port with a configuration of its own in a temporary folder; without the binary that
+figure is skipped, with a note.
+
+``fleet.ingest_readings_per_s_postgres`` is the Mosquitto figure with ``--db
+postgresql://...``: the bench starts a PostgreSQL server of its own
+(:class:`~owlgate.hil.processes.PostgresProcess`, durable: fsync and synchronous commit on,
+as a production server runs), seeds a database there with ``owlgate fleet seed --db URL``,
+and measures the same way. Without the PostgreSQL server programs it is skipped, with a note.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +46,11 @@ from owlgate.hil.processes import (
     MOSQUITTO_MAX_QUEUED_MESSAGES,
     ChildProcess,
     MosquittoProcess,
+    PostgresProcess,
     ProcessFailed,
     children_stopped_at_exit,
     find_mosquitto,
+    find_postgres,
 )
 
 from .figures import Figure
@@ -76,19 +85,31 @@ QUICK = Plan(devices=QUICK_DEVICES, rounds=1, messages=30)
 
 @dataclass(frozen=True, slots=True)
 class Seeded:
-    db: Path
+    #: The seeded database: a SQLite file (copied for each figure) or a PostgreSQL URL.
+    db: str
+    #: Where the seed put the keys (``gateway-keys/``) and the manifest.
+    folder: Path
     keys: dict[str, Ed25519PrivateKey]
     devices: dict[str, list[tuple[str, str]]]  # gateway -> [(dev_eui, profile_id)]
+
+    @property
+    def postgres(self) -> bool:
+        return self.db.startswith("postgresql://")
 
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "owlgate.codecs.cli", *args]
 
 
-def _seed(folder: Path, plan: Plan) -> Seeded:
-    db = folder / "seed.sqlite3"
-    command = _cli("fleet", "seed", "--db", str(db), "--gateways", str(GATEWAYS))
+def _seed(folder: Path, plan: Plan, db: str | None = None) -> Seeded:
+    """``owlgate fleet seed`` into ``db`` (default: ``folder/seed.sqlite3``), its keys and
+    manifest in ``folder``."""
+    db = db or str(folder / "seed.sqlite3")
+    command = _cli("fleet", "seed", "--db", db, "--gateways", str(GATEWAYS))
     command += ["--nodes", str(plan.devices), "--seed", str(SEED)]
+    command += ["--keys-dir", str(folder / "gateway-keys")]
+    command += ["--manifest", str(folder / "emulator-secrets.json")]
+    command += ["--kek-file", str(folder / "gateway-keys" / "fleet-kek.json")]
     done = subprocess.run(
         command,
         capture_output=True,
@@ -112,7 +133,7 @@ def _seed(folder: Path, plan: Plan) -> Seeded:
     # Each device is heard by one gateway, as on a street where the gateways are far apart.
     for index, device in enumerate(manifest["devices"]):
         devices[gateway_ids[index % GATEWAYS]].append((device["dev_eui"], device["profile_id"]))
-    return Seeded(db, keys, devices)
+    return Seeded(db, folder, keys, devices)
 
 
 def _values(profile_id: str, rng: random.Random) -> dict[str, object]:
@@ -147,7 +168,10 @@ class Payloads:
         self._seq = dict.fromkeys(seeded.keys, 0)
         self._fcnt: dict[str, int] = {}
         self._next_device = dict.fromkeys(seeded.keys, 0)
-        self._time = int(time.time()) - 86_400
+        # A week back, one second per reading: a full run's readings (about 300,000 per
+        # figure) stay in the past, which the ingest requires (a reading more than a day
+        # ahead of the fleet's clock is refused as absurd).
+        self._time = int(time.time()) - 7 * 86_400
 
     def make(self, messages: int) -> list[tuple[str, bytes]]:
         """``messages`` (topic, payload) pairs, the gateways taking turns."""
@@ -199,14 +223,16 @@ def bench_mosquitto(binary: str, folder: Path) -> MosquittoProcess:
 
 
 @contextmanager
-def _fleet(seeded: Seeded, folder: Path, broker: str | None) -> Iterator[tuple[Path, str]]:
-    """``owlgate fleet serve`` on a copy of the seeded database; yields the database and the
-    broker URL it prints."""
-    db = folder / "fleet.sqlite3"
-    shutil.copyfile(seeded.db, db)
-    args = ["fleet", "serve", "--db", str(db), "--http-port", "0", "--instance", "bench"]
-    args += ["--signing-key", str(seeded.db.parent / "gateway-keys/fleet-signing-ed25519.pem")]
-    args += ["--kek-file", str(seeded.db.parent / "gateway-keys/fleet-kek.json")]
+def _fleet(seeded: Seeded, folder: Path, broker: str | None) -> Iterator[tuple[str, str]]:
+    """``owlgate fleet serve`` on a copy of the seeded SQLite database (on the seeded
+    PostgreSQL database itself); yields the database and the broker URL it prints."""
+    db = seeded.db
+    if not seeded.postgres:
+        db = str(folder / "fleet.sqlite3")
+        shutil.copyfile(seeded.db, db)
+    args = ["fleet", "serve", "--db", db, "--http-port", "0", "--instance", "bench"]
+    args += ["--signing-key", str(seeded.folder / "gateway-keys/fleet-signing-ed25519.pem")]
+    args += ["--kek-file", str(seeded.folder / "gateway-keys/fleet-kek.json")]
     if broker is not None:
         args += ["--broker", broker]
     with children_stopped_at_exit() as children:
@@ -221,9 +247,33 @@ def _fleet(seeded: Seeded, folder: Path, broker: str | None) -> Iterator[tuple[P
         yield db, url
 
 
-def _count(db: sqlite3.Connection, table: str) -> int:
-    row = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
-    return int(row[0])
+Count = Callable[[str], int]
+
+
+@contextmanager
+def _counter(db: str) -> Iterator[Count]:
+    """``count(table)``: the rows of ``table`` in ``db`` now, through a read-only SQLite
+    connection or a PostgreSQL connection of the bench's own."""
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(db, autocommit=True) as conn:
+
+            def count_postgres(table: str) -> int:
+                row = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+                return 0 if row is None else int(row[0])
+
+            yield count_postgres
+        return
+    lite = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+
+        def count_sqlite(table: str) -> int:
+            return int(lite.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+        yield count_sqlite
+    finally:
+        lite.close()
 
 
 async def _publish(url: str, messages: list[tuple[str, bytes]]) -> float:
@@ -259,29 +309,26 @@ async def _publish(url: str, messages: list[tuple[str, bytes]]) -> float:
     return time.perf_counter() - began
 
 
-async def _round(url: str, db_path: Path, messages: list[tuple[str, bytes]]) -> tuple[float, float]:
+async def _round(url: str, db: str, messages: list[tuple[str, bytes]]) -> tuple[float, float]:
     """(seconds until every batch is committed, seconds until every PUBACK from the broker),
     both from the first PUBLISH."""
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        target = _count(db, "batches") + len(messages)
+    with _counter(db) as count:
+        target = count("batches") + len(messages)
         began = time.perf_counter()
         publishing = asyncio.create_task(_publish(url, messages))
         deadline = began + ROUND_TIMEOUT_S
-        while _count(db, "batches") < target:
+        while count("batches") < target:
             if publishing.done() and publishing.exception() is not None:
                 await publishing
             if time.perf_counter() > deadline:
                 raise RuntimeError(
-                    f"only {_count(db, 'batches')} of {target} batches stored after "
+                    f"only {count('batches')} of {target} batches stored after "
                     f"{ROUND_TIMEOUT_S:.0f} s"
                 )
             await asyncio.sleep(POLL_S)
         stored = time.perf_counter() - began
         published = await publishing
         return stored, published
-    finally:
-        db.close()
 
 
 def _measure(seeded: Seeded, folder: Path, broker: str | None, plan: Plan) -> Figure:
@@ -289,6 +336,11 @@ def _measure(seeded: Seeded, folder: Path, broker: str | None, plan: Plan) -> Fi
     warm_up = payloads.make(GATEWAYS)
     rounds = [payloads.make(plan.messages) for _ in range(plan.rounds)]
     which = "embedded" if broker is None else "mosquitto"
+    name = (
+        "fleet.ingest_readings_per_s_postgres"
+        if seeded.postgres
+        else f"fleet.ingest_readings_per_s.{which}"
+    )
     with _fleet(seeded, folder, broker) as (db_path, url):
         # The first batch of each gateway loads its key: not part of the steady state.
         asyncio.run(_round(url, db_path, warm_up))
@@ -298,25 +350,24 @@ def _measure(seeded: Seeded, folder: Path, broker: str | None, plan: Plan) -> Fi
             readings = len(messages) * BATCH
             rates.append(readings / stored_s)
             publish_rates.append(readings / published_s)
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
+    with _counter(db_path) as count:
         expected = (len(warm_up) + plan.messages * plan.rounds) * BATCH
-        stored = _count(db, "readings")
-    finally:
-        db.close()
+        stored = count("readings")
     if stored != expected:
-        raise RuntimeError(f"{which}: {stored} readings stored of {expected} published")
+        raise RuntimeError(f"{name}: {stored} readings stored of {expected} published")
     best_publish = max(publish_rates)
     if best_publish < 1.5 * max(rates):
         print(
-            f"note: fleet.ingest_readings_per_s.{which}: the publishers reached only "
+            f"note: {name}: the publishers reached only "
             f"{best_publish:,.0f} readings/s; the figure may be theirs, not the ingest's"
         )
+    database = ", PostgreSQL" if seeded.postgres else ""
     return Figure(
-        f"fleet.ingest_readings_per_s.{which}",
+        name,
         max(rates),
         "readings/s",
-        f"`owlgate fleet serve` ({'embedded amqtt' if broker is None else 'Mosquitto'}): "
+        f"`owlgate fleet serve` ({'embedded amqtt' if broker is None else 'Mosquitto'}"
+        f"{database}): "
         f"{GATEWAYS} publishers (QoS 1) of signed batches of {BATCH} readings, "
         f"{plan.messages * BATCH} readings per round, first PUBLISH to last commit, best round",
         goal_min=GOAL_READINGS_PER_S,
@@ -343,4 +394,25 @@ def run(*, quick: bool = False) -> list[Figure]:
             return figures
         with bench_mosquitto(binary, folder / "mosquitto") as mosquitto:
             figures.append(_measure(seeded, folder / "mosquitto", mosquitto.url, plan))
+            figures += _postgres_figures(folder / "postgres", plan, mosquitto.url)
     return figures
+
+
+def _postgres_figures(folder: Path, plan: Plan, broker: str) -> list[Figure]:
+    """``fleet.ingest_readings_per_s_postgres``: the Mosquitto figure on a PostgreSQL server
+    the bench starts (durable settings), seeded there."""
+    bin_folder = find_postgres()
+    if bin_folder is None:
+        print(
+            "note: fleet.ingest_readings_per_s_postgres skipped: no PostgreSQL server "
+            "programs (Debian package postgresql)"
+        )
+        return []
+    folder.mkdir()
+    with PostgresProcess(bin_folder, folder, start_timeout_s=STARTUP_TIMEOUT_S) as server:
+        import psycopg
+
+        with psycopg.connect(server.url(), autocommit=True) as admin:
+            admin.execute("CREATE DATABASE owlgate_bench")
+        seeded = _seed(folder, plan, server.url("owlgate_bench"))
+        return [_measure(seeded, folder, broker, plan)]

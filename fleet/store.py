@@ -1,4 +1,5 @@
-"""The fleet's storage: one SQLite file through sqlite-utils (WAL mode), or ``:memory:``.
+"""The fleet's storage: one SQLite file (WAL mode), ``:memory:``, or a PostgreSQL database,
+through the portable SQL layer :mod:`owlgate.fleet.sql`.
 
 What lives here: the registry (gateways with their public keys and health facts, device
 profiles, devices), device secrets, the join server's state (DevNonces used, JoinNonce,
@@ -6,10 +7,15 @@ DevAddr), and what the ingest stores (batches seen, readings, receptions).
 
 Rules the code keeps:
 
-- every write that belongs together runs in one transaction (``Database.atomic``): a batch of
-  readings is stored whole or not at all;
-- the schema is built by registered migration functions, applied in order when the store
-  opens, each recorded by name in the ``migrations`` table so it runs exactly once;
+- every write that belongs together runs in one transaction (:meth:`Store.transaction`): a
+  batch of readings is stored whole or not at all;
+- the schema is built by registered migration functions (:mod:`owlgate.fleet.schema`, this
+  module's are ``0001``-``0099``), applied in order when the store opens, each recorded by
+  name in the ``migrations`` table so it runs exactly once;
+- every statement is written once for both databases; the few places that differ ask
+  :attr:`Sql.dialect <owlgate.fleet.sql.Sql.dialect>`: the ids of new readings, the arrays
+  PostgreSQL takes a batch's rows in, the advisory lock that keeps two PostgreSQL ingest
+  processes from storing one frame twice (:meth:`Store.record_batches`);
 - times are UTC seconds since the Unix epoch (floats), ids are lowercase hex: a gateway by
   its EUI-64, a device by its DevEUI (16 digits each);
 - secrets (AppKey, NwkSKey, AppSKey) live in their own table, ``device_keys``, and no method
@@ -29,15 +35,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Generic, Literal, TypeVar
-
-from sqlite_utils import Database
 
 from owlgate.codecs.errors import OwlgateError
 from owlgate.codecs.health import Health
@@ -45,7 +47,20 @@ from owlgate.codecs.node.cbor import Tag
 from owlgate.codecs.node.telemetry import Reading
 from owlgate.codecs.payloads import PROFILES
 
+from . import schema
 from .health import GatewayFacts
+from .schema import migration
+from .sql import (
+    DEFAULT_POOL_SIZE,
+    DataRefused,
+    Dialect,
+    PostgresSql,
+    Sql,
+    SqliteSql,
+    connect,
+    is_postgres_url,
+    redacted,
+)
 from .vault import KeyVault, VaultError, VaultRequiredError, is_wrapped, kek_id_of
 
 log = logging.getLogger(__name__)
@@ -57,6 +72,10 @@ DEFAULT_DEDUP_WINDOW_S: Final = 300.0
 DEFAULT_PAGE_LIMIT: Final = 100
 WAL_AUTOCHECKPOINT_PAGES: Final = 10_000
 MAX_PAGE_LIMIT: Final = 1000
+#: PostgreSQL advisory lock keys (any two 64-bit numbers no other part uses): the one the
+#: migrations run under, and the one the ingest's writes take (:meth:`Store._ingest_lock`).
+_MIGRATE_LOCK: Final = 0x6F776C6701
+_INGEST_LOCK: Final = 0x6F776C6702
 
 Activation = Literal["abp", "otaa"]
 T = TypeVar("T")
@@ -197,111 +216,113 @@ def _key(value: bytes | None, what: str, length: int = 16) -> bytes | None:
 
 
 # --- migrations --------------------------------------------------------------------------------
-
-Migration = Callable[[Database], None]
-MIGRATIONS: list[tuple[str, Migration]] = []
-
-
-def migration(name: str) -> Callable[[Migration], Migration]:
-    """Register a schema migration under a unique, never-reused ``name``; order is source order."""
-
-    def register(function: Migration) -> Migration:
-        if any(existing == name for existing, _ in MIGRATIONS):
-            raise ValueError(f"migration {name!r} registered twice")
-        MIGRATIONS.append((name, function))
-        return function
-
-    return register
+#
+# The names and the tables are those of the releases that built the schema through
+# sqlite-utils: a database they made opens unchanged (same column types, keys and index names).
 
 
 @migration("0001_registry")
-def _registry(db: Database) -> None:
-    db.table("gateways").create(
-        {
-            "id": str,
-            "name": str,
-            "sign_public_key": bytes,
-            "seal_public_key": bytes,
-            "created": float,
-            "last_seen": float,
+def _registry(db: Sql) -> None:
+    db.execute(
+        db.ddl(
+            "CREATE TABLE gateways ("
+            "id TEXT PRIMARY KEY, "
+            "name TEXT NOT NULL, "
+            "sign_public_key {blob} NOT NULL, "
+            "seal_public_key {blob} NOT NULL, "
+            "created {float} NOT NULL, "
+            "last_seen {float}, "
             # The retained state topic: 1 online, 0 offline (the Last Will), NULL never said.
-            "state_online": int,
-            "state_at": float,
-            "heartbeat_interval_s": int,
-            "last_health_at": float,
-            "outbox_depth": int,
-            "outbox_oldest_age_s": int,
-            "radio_crc_ok": int,
-            "radio_crc_bad": int,
-            "last_health_json": str,
-        },
-        pk="id",
-        not_null={"name", "sign_public_key", "seal_public_key", "created"},
+            "state_online {int}, "
+            "state_at {float}, "
+            "heartbeat_interval_s {int}, "
+            "last_health_at {float}, "
+            "outbox_depth {int}, "
+            "outbox_oldest_age_s {int}, "
+            "radio_crc_ok {int}, "
+            "radio_crc_bad {int}, "
+            "last_health_json TEXT)"
+        )
     )
-    db.table("device_profiles").create(
-        {"id": str, "name": str, "description": str}, pk="id", not_null={"name"}
+    db.execute(
+        "CREATE TABLE device_profiles (id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT)"
     )
-    db.table("devices").create(
-        {
-            "dev_eui": str,
-            "profile_id": str,
-            "activation": str,
-            "join_eui": str,
-            "dev_addr": int,
-            "name": str,
-            "created": float,
-            "last_seen": float,
-            "last_fcnt": int,
-            "battery_mv": int,
-            "joined_at": float,
+    db.execute(
+        db.ddl(
+            "CREATE TABLE devices ("
+            "dev_eui TEXT PRIMARY KEY, "
+            "profile_id TEXT NOT NULL REFERENCES device_profiles (id), "
+            "activation TEXT NOT NULL, "
+            "join_eui TEXT, "
+            "dev_addr {int}, "
+            "name TEXT, "
+            "created {float} NOT NULL, "
+            "last_seen {float}, "
+            "last_fcnt {int}, "
+            "battery_mv {int}, "
+            "joined_at {float}, "
             # Last JoinNonce issued (LoRaWAN 1.0.4 section 6.2.3: a counter per device).
-            "join_nonce": int,
-        },
-        pk="dev_eui",
-        not_null={"profile_id", "activation", "created"},
-        foreign_keys=[("profile_id", "device_profiles", "id")],
+            "join_nonce {int})"
+        )
     )
-    db.table("devices").create_index(["dev_addr"])
+    db.execute("CREATE INDEX idx_devices_dev_addr ON devices (dev_addr)")
     # Written in plaintext by the releases before migration 0004; wrapped since.
-    db.table("device_keys").create(
-        {"dev_eui": str, "app_key": bytes, "nwk_s_key": bytes, "app_s_key": bytes},
-        pk="dev_eui",
-        foreign_keys=[("dev_eui", "devices", "dev_eui")],
+    db.execute(
+        db.ddl(
+            "CREATE TABLE device_keys ("
+            "dev_eui TEXT PRIMARY KEY REFERENCES devices (dev_eui), "
+            "app_key {blob}, nwk_s_key {blob}, app_s_key {blob})"
+        )
     )
-    db.table("join_nonces").create(
-        {"dev_eui": str, "dev_nonce": int, "at": float}, pk=("dev_eui", "dev_nonce")
+    db.execute(
+        db.ddl(
+            "CREATE TABLE join_nonces (dev_eui TEXT, dev_nonce {int}, at {float}, "
+            "PRIMARY KEY (dev_eui, dev_nonce))"
+        )
     )
 
 
 @migration("0002_ingest")
-def _ingest(db: Database) -> None:
-    db.table("batches").create(
-        {"gateway_id": str, "seq": int, "received_at": float}, pk=("gateway_id", "seq")
+def _ingest(db: Sql) -> None:
+    db.execute(
+        db.ddl(
+            "CREATE TABLE batches (gateway_id TEXT, seq {int}, received_at {float}, "
+            "PRIMARY KEY (gateway_id, seq))"
+        )
     )
-    db.table("readings").create(
-        {
-            "id": int,
-            "dev_eui": str,
-            "time_s": float,
-            "fcnt": int,
-            "values_json": str,
-            "gateway_id": str,
-            "received_at": float,
-        },
-        pk="id",
-        not_null={"dev_eui", "time_s", "values_json", "gateway_id", "received_at"},
+    db.execute(
+        db.ddl(
+            "CREATE TABLE readings ("
+            "id {serial}, "
+            "dev_eui TEXT NOT NULL, "
+            "time_s {float} NOT NULL, "
+            "fcnt {int}, "
+            "values_json TEXT NOT NULL, "
+            "gateway_id TEXT NOT NULL, "
+            "received_at {float} NOT NULL)"
+        )
     )
-    db.table("readings").create_index(["dev_eui", "time_s", "id"])
-    db.table("readings").create_index(["dev_eui", "fcnt"])
-    db.table("receptions").create(
-        {"reading_id": int, "gateway_id": str, "rssi_dbm": int, "snr_db": float},
-        pk=("reading_id", "gateway_id"),
-        foreign_keys=[("reading_id", "readings", "id")],
+    db.execute("CREATE INDEX idx_readings_dev_eui_time_s_id ON readings (dev_eui, time_s, id)")
+    db.execute("CREATE INDEX idx_readings_dev_eui_fcnt ON readings (dev_eui, fcnt)")
+    # Receptions are listed in the order they were stored (the first gateway to deliver a
+    # frame first): SQLite keeps that order in its rowid; PostgreSQL has no rowid, so its
+    # table numbers them in a column of its own.
+    heard = ", heard BIGINT GENERATED ALWAYS AS IDENTITY" if db.dialect == "postgres" else ""
+    db.execute(
+        db.ddl(
+            "CREATE TABLE receptions ("
+            "reading_id {int} REFERENCES readings (id), "
+            "gateway_id TEXT, "
+            "rssi_dbm {int}, "
+            "snr_db {float}"
+            f"{heard}, "
+            "PRIMARY KEY (reading_id, gateway_id))"
+        )
     )
 
 
 @migration("0003_readings_without_fcnt_index")
-def _drop_fcnt_index(db: Database) -> None:
+def _drop_fcnt_index(db: Sql) -> None:
     # The same-frame lookup (DevEUI, FCnt, time within the dedup window) is served as well by
     # the (dev_eui, time_s, id) index, and every reading stored paid for a second per-device
     # index: each index on dev_eui puts a transaction's inserts on as many pages as there
@@ -310,7 +331,7 @@ def _drop_fcnt_index(db: Database) -> None:
 
 
 @migration("0004_wrapped_device_keys")
-def _wrapped_device_keys(db: Database) -> None:
+def _wrapped_device_keys(db: Sql) -> None:
     # The schema does not change: the key columns hold a wrapped blob instead of the raw key,
     # both BLOBs. What this records is when the database began to hold wrapped keys. The
     # plaintext keys an older release left are wrapped by Store.__init__, which has the
@@ -328,17 +349,21 @@ def _limit(limit: int) -> int:
 
 
 class Store:
-    """The fleet database. Thread-safe: one connection behind a lock (FastAPI runs sync routes
-    in a thread pool); SQLite serialises writers anyway."""
+    """The fleet database, on SQLite or PostgreSQL (:mod:`owlgate.fleet.sql`). Thread-safe:
+    SQLite's one connection is behind a lock (FastAPI runs sync routes in a thread pool;
+    SQLite serialises writers anyway); PostgreSQL's pool lends each thread a connection."""
 
     def __init__(
         self,
-        path: str | Path = ":memory:",
+        target: str | Path | Sql = ":memory:",
         *,
         dedup_window_s: float = DEFAULT_DEDUP_WINDOW_S,
         vault: KeyVault | None = None,
+        pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
-        """Open (creating and migrating if needed) the database at ``path``.
+        """Open (creating and migrating if needed) the database at ``target``: a SQLite file
+        path, ``:memory:``, a ``postgresql://`` URL (a pool of at most ``pool_size``
+        connections), or an open :class:`~owlgate.fleet.sql.Sql`, which the store then owns.
 
         With ``vault``, every key stored is checked to be unwrappable by it, one key per KEK
         id (WrongKekError naming the id it needs otherwise, before anything is written), and
@@ -346,35 +371,43 @@ class Store:
         transaction. Without ``vault`` the store works except for device keys: writing or
         reading one raises VaultRequiredError.
         """
-        self.path = str(path)
+        if isinstance(target, Sql):
+            self.sql = target
+        elif is_postgres_url(target):
+            self.sql = connect(target, pool_size=pool_size)
+        else:
+            self.sql = SqliteSql(target, wal_autocheckpoint=WAL_AUTOCHECKPOINT_PAGES)
+        #: Where the database is, for messages: the file, or the URL without its password.
+        self.path = _describe(self.sql)
         self.dedup_window_s = dedup_window_s
         self.vault = vault
         #: Keys wrapped at open because they were found in plaintext.
         self.plaintext_keys_wrapped = 0
         #: Stored keys that could not be unwrapped when read (:meth:`device_keys`).
         self.unwrap_errors = 0
-        conn = sqlite3.connect(self.path, check_same_thread=False)
-        self._db = Database(conn, execute_plugins=False)
-        self._lock = threading.RLock()
-        self._db.execute("PRAGMA foreign_keys = ON")
-        if self.path != ":memory:":
-            self._db.enable_wal()
-            # Checkpoint every WAL_AUTOCHECKPOINT_PAGES rather than SQLite's 1000: a page
-            # that several ingest transactions change is then copied into the database once
-            # per checkpoint, not once per transaction (the WAL grows to about 40 MB).
-            self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
-        self._migrate()
-        if vault is not None:
-            self.plaintext_keys_wrapped = self._adopt_keys(vault)
-        # The profiles are the codec registry's: refreshed at every open, so a new built-in
-        # profile appears without a migration.
-        self.upsert_profiles(
-            [Profile(id=p.id, name=p.name, description=p.description) for p in PROFILES.values()]
-        )
+        self._readings_sequence: str | None = None
+        try:
+            self._migrate()
+            if vault is not None:
+                self.plaintext_keys_wrapped = self._adopt_keys(vault)
+            # The profiles are the codec registry's: refreshed at every open, so a new
+            # built-in profile appears without a migration.
+            self.upsert_profiles(
+                [
+                    Profile(id=p.id, name=p.name, description=p.description)
+                    for p in PROFILES.values()
+                ]
+            )
+        except BaseException:
+            self.sql.close()
+            raise
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.sql.dialect
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.sql.close()
 
     def __enter__(self) -> Store:
         return self
@@ -383,31 +416,41 @@ class Store:
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[Database]:
-        """One transaction (nested calls become savepoints), holding the store's lock."""
-        with self._lock, self._db.atomic() as db:
+    def transaction(self) -> Iterator[Sql]:
+        """One transaction (nested calls become savepoints), yielding the database to run
+        statements in it."""
+        with self.sql.transaction() as db:
             yield db
 
     def _migrate(self) -> None:
-        with self.transaction() as db:
-            if "migrations" not in db.table_names():
-                db.table("migrations").create({"name": str, "applied_at": str}, pk="name")
-            done = {row["name"] for row in db.table("migrations").rows}
-            for name, function in MIGRATIONS:
-                if name not in done:
-                    function(db)
-                    db.table("migrations").insert(
-                        {"name": name, "applied_at": _now_text(db)}, pk="name"
-                    )
+        with self.sql.transaction() as db:
+            if db.dialect == "postgres":
+                # Two fleet processes opening one new database at once: the second waits
+                # for the first's migrations, then finds them done.
+                db.execute("SELECT pg_advisory_xact_lock(?)", [_MIGRATE_LOCK])
+            schema.apply(db)
+
+    def _ingest_lock(self, db: Sql) -> None:
+        """On PostgreSQL, serialise the ingest's writes across processes until the end of the
+        transaction (``pg_advisory_xact_lock``).
+
+        Two ingest workers can receive the same frame from two gateways at the same moment;
+        without the lock both would look for it (none stored yet), both insert it, and the
+        reading would be stored twice. Taking one lock before any row of the ingest's tables
+        is touched also orders their row locks (gateways, devices), so two workers never
+        deadlock. SQLite needs none: a transaction holds the database's only write lock.
+        """
+        if db.dialect == "postgres":
+            db.execute("SELECT pg_advisory_xact_lock(?)", [_INGEST_LOCK])
 
     def _adopt_keys(self, vault: KeyVault) -> int:
         """Check that ``vault`` can unwrap what is stored and wrap plaintext keys; returns
         how many were wrapped."""
         with self._scrubbing(), self.transaction() as db:
-            rows = db.execute(f"SELECT dev_eui, {', '.join(KEY_COLUMNS)} FROM device_keys")
+            rows = db.query_tuples(f"SELECT dev_eui, {', '.join(KEY_COLUMNS)} FROM device_keys")
             plaintext: list[tuple[str, str, bytes]] = []
             checked: set[str] = set()
-            for eui, *values in rows.fetchall():
+            for eui, *values in rows:
                 for column, value in zip(KEY_COLUMNS, values, strict=True):
                     if value is None:
                         continue
@@ -445,17 +488,14 @@ class Store:
         KEK this database, or a backup of it, needs."""
         found: set[str] = set()
         for column in KEY_COLUMNS:
-            for (value,) in self._rows_raw(
+            for (value,) in self.sql.query_tuples(
                 f"SELECT DISTINCT substr({column}, 1, 34) FROM device_keys "
                 f"WHERE {column} IS NOT NULL"
             ):
+                value = bytes(value)
                 if len(value) >= 3 and value[0] == 1 and len(value) >= 2 + value[1]:
                     found.add(value[2 : 2 + value[1]].decode("ascii", "replace"))
         return found
-
-    def _rows_raw(self, sql: str) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return list(self._db.execute(sql).fetchall())
 
     def rewrap_keys(self, vault: KeyVault | None = None) -> int:
         """Re-wrap every stored key under the current KEK of ``vault`` (default: the store's
@@ -467,16 +507,16 @@ class Store:
         if vault is None:
             raise VaultRequiredError("re-wrapping keys needs a vault")
         with self._scrubbing(), self.transaction() as db:
-            rows = db.execute(
+            rows = db.query_tuples(
                 f"SELECT dev_eui, {', '.join(KEY_COLUMNS)} FROM device_keys ORDER BY dev_eui"
-            ).fetchall()
+            )
             fresh: list[tuple[bytes | None, ...]] = []
             count = 0
             for eui, *values in rows:
                 keys = [None if v is None else vault.unwrap(v) for v in values]
                 count += sum(1 for key in keys if key is not None)
                 fresh.append((*(None if k is None else vault.wrap(k) for k in keys), eui))
-            db.conn.executemany(
+            db.executemany(
                 "UPDATE device_keys SET "
                 + ", ".join(f"{column} = ?" for column in KEY_COLUMNS)
                 + " WHERE dev_eui = ?",
@@ -493,15 +533,20 @@ class Store:
         ``secure_delete`` makes SQLite zero the space an old value leaves in its page, and the
         TRUNCATE checkpoint afterwards copies the new pages into the database and empties the
         WAL, whose frames hold whole images of the old pages.
+
+        SQLite only: PostgreSQL has no such setting; the old row versions stay in its files
+        until VACUUM reclaims them (see docs/fleet-postgres.md).
         """
-        with self._lock:
-            self._db.execute("PRAGMA secure_delete = ON")
-            try:
-                yield
-            finally:
-                self._db.execute("PRAGMA secure_delete = OFF")
-            if self.path != ":memory:":
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if self.sql.dialect != "sqlite":
+            yield
+            return
+        self.sql.execute("PRAGMA secure_delete = ON")
+        try:
+            yield
+        finally:
+            self.sql.execute("PRAGMA secure_delete = OFF")
+        if self.path != ":memory:":
+            self.sql.query_tuples("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _wrap(self, key: bytes | None) -> bytes | None:
         if key is None:
@@ -522,26 +567,23 @@ class Store:
         return self.vault.unwrap(blob)
 
     def applied_migrations(self) -> list[str]:
-        """Names of the migrations recorded in the ``migrations`` table, in applied order."""
-        with self._lock:
-            return [
-                row["name"] for row in self._db.table("migrations").rows_where(order_by="rowid")
-            ]
+        """Names of the migrations recorded in the ``migrations`` table, in the order they
+        apply (by name)."""
+        return schema.applied(self.sql)
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            cursor = self._db.execute(sql, list(params))
-            names = [column[0] for column in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        return self.sql.query(sql, params)
 
     # --- profiles ------------------------------------------------------------------------------
 
     def upsert_profiles(self, profiles: Sequence[Profile]) -> None:
         """Register or refresh device profiles (from ``owlgate.codecs.payloads.PROFILES``)."""
         with self.transaction() as db:
-            db.table("device_profiles").upsert_all(
-                [{"id": p.id, "name": p.name, "description": p.description} for p in profiles],
-                pk="id",
+            db.executemany(
+                "INSERT INTO device_profiles (id, name, description) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                "description = excluded.description",
+                [(p.id, p.name, p.description) for p in profiles],
             )
 
     def profiles(self) -> list[Profile]:
@@ -563,17 +605,13 @@ class Store:
         _key(sign_public_key, "Ed25519 public key", 32)
         _key(seal_public_key, "X25519 public key", 32)
         with self.transaction() as db:
-            if db.table("gateways").count_where("id = ?", [gid]):
-                raise ConflictError(f"gateway {gid} is already registered")
-            db.table("gateways").insert(
-                {
-                    "id": gid,
-                    "name": name,
-                    "sign_public_key": sign_public_key,
-                    "seal_public_key": seal_public_key,
-                    "created": created,
-                }
+            inserted = db.execute(
+                "INSERT INTO gateways (id, name, sign_public_key, seal_public_key, created) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                [gid, name, sign_public_key, seal_public_key, created],
             )
+            if inserted == 0:
+                raise ConflictError(f"gateway {gid} is already registered")
         return self.gateway(gid)
 
     def gateway(self, gateway_id: str | bytes) -> Gateway:
@@ -598,26 +636,28 @@ class Store:
         """Something verified arrived from the gateway at ``at``: it is alive."""
         gid = eui_hex(gateway_id, "gateway id")
         with self.transaction() as db:
+            self._ingest_lock(db)
             self._heard(db, gid, at)
 
-    def _heard(self, db: Database, gid: str, at: float) -> None:
-        cursor = db.execute(
+    def _heard(self, db: Sql, gid: str, at: float) -> None:
+        changed = db.execute(
             "UPDATE gateways SET last_seen = ? WHERE id = ? "
             "AND (last_seen IS NULL OR last_seen < ?)",
             [at, gid, at],
         )
-        if cursor.rowcount == 0 and not db.table("gateways").count_where("id = ?", [gid]):
+        if changed == 0 and db.scalar("SELECT 1 FROM gateways WHERE id = ?", [gid]) is None:
             raise NotFoundError(f"no gateway {gid}")
 
     def set_gateway_state(self, gateway_id: str | bytes, online: bool, at: float) -> None:
         """The retained ``state`` topic said ``online`` or ``offline`` (the Last Will) at ``at``."""
         gid = eui_hex(gateway_id, "gateway id")
         with self.transaction() as db:
-            cursor = db.execute(
+            self._ingest_lock(db)
+            changed = db.execute(
                 "UPDATE gateways SET state_online = ?, state_at = ? WHERE id = ?",
                 [int(online), at, gid],
             )
-            if cursor.rowcount == 0:
+            if changed == 0:
                 raise NotFoundError(f"no gateway {gid}")
             if online:
                 self._heard(db, gid, at)
@@ -664,7 +704,8 @@ class Store:
             },
         }
         with self.transaction() as db:
-            cursor = db.execute(
+            self._ingest_lock(db)
+            changed = db.execute(
                 "UPDATE gateways SET heartbeat_interval_s = ?, last_health_at = ?, "
                 "outbox_depth = ?, outbox_oldest_age_s = ?, radio_crc_ok = ?, "
                 "radio_crc_bad = ?, last_health_json = ? WHERE id = ?",
@@ -679,7 +720,7 @@ class Store:
                     gid,
                 ],
             )
-            if cursor.rowcount == 0:
+            if changed == 0:
                 raise NotFoundError(f"no gateway {gid}")
             self._heard(db, gid, received_at)
 
@@ -719,32 +760,28 @@ class Store:
         else:
             raise InvalidError(f"activation must be 'abp' or 'otaa', got {activation!r}")
         with self.transaction() as db:
-            if not db.table("device_profiles").count_where("id = ?", [profile_id]):
-                known = ", ".join(p["id"] for p in db.table("device_profiles").rows) or "none"
+            if db.scalar("SELECT 1 FROM device_profiles WHERE id = ?", [profile_id]) is None:
+                known = (
+                    ", ".join(row[0] for row in db.query_tuples("SELECT id FROM device_profiles"))
+                    or "none"
+                )
                 raise InvalidError(f"unknown device profile {profile_id!r}; known: {known}")
-            if db.table("devices").count_where("dev_eui = ?", [eui]):
+            if db.scalar("SELECT 1 FROM devices WHERE dev_eui = ?", [eui]) is not None:
                 raise ConflictError(f"device {eui} is already registered")
-            if dev_addr is not None and db.table("devices").count_where("dev_addr = ?", [dev_addr]):
+            if (
+                dev_addr is not None
+                and db.scalar("SELECT 1 FROM devices WHERE dev_addr = ?", [dev_addr]) is not None
+            ):
                 raise ConflictError(f"DevAddr {dev_addr:08x} is already in use")
-            db.table("devices").insert(
-                {
-                    "dev_eui": eui,
-                    "profile_id": profile_id,
-                    "activation": activation,
-                    "join_eui": join,
-                    "dev_addr": dev_addr,
-                    "name": name,
-                    "created": created,
-                    "join_nonce": 0,
-                }
+            db.execute(
+                "INSERT INTO devices (dev_eui, profile_id, activation, join_eui, dev_addr, "
+                "name, created, join_nonce) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+                [eui, profile_id, activation, join, dev_addr, name, created],
             )
-            db.table("device_keys").insert(
-                {
-                    "dev_eui": eui,
-                    "app_key": self._wrap(app_key),
-                    "nwk_s_key": self._wrap(nwk_s_key),
-                    "app_s_key": self._wrap(app_s_key),
-                }
+            db.execute(
+                "INSERT INTO device_keys (dev_eui, app_key, nwk_s_key, app_s_key) "
+                "VALUES (?, ?, ?, ?)",
+                [eui, self._wrap(app_key), self._wrap(nwk_s_key), self._wrap(app_s_key)],
             )
         return self.device(eui)
 
@@ -801,33 +838,40 @@ class Store:
         returns and reset the frame counter. Returns ``(join_nonce, dev_addr)``."""
         eui = eui_hex(dev_eui, "DevEUI")
         with self.transaction() as db:
-            if db.table("join_nonces").count_where(
-                "dev_eui = ? AND dev_nonce = ?", [eui, dev_nonce]
-            ):
+            # The device's row first, locked on PostgreSQL (FOR UPDATE): two joins of one
+            # device at once take their JoinNonces one after the other.
+            lock = " FOR UPDATE" if db.dialect == "postgres" else ""
+            rows = db.query_tuples(f"SELECT join_nonce FROM devices WHERE dev_eui = ?{lock}", [eui])
+            if not rows:
+                raise NotFoundError(f"no device {eui}")
+            inserted = db.execute(
+                "INSERT INTO join_nonces (dev_eui, dev_nonce, at) VALUES (?, ?, ?) "
+                "ON CONFLICT (dev_eui, dev_nonce) DO NOTHING",
+                [eui, dev_nonce, at],
+            )
+            if inserted == 0:
                 raise ConflictError(f"DevNonce {dev_nonce:04x} was already used by {eui}")
-            db.table("join_nonces").insert({"dev_eui": eui, "dev_nonce": dev_nonce, "at": at})
-            row = db.table("devices").get(eui)
-            join_nonce = next_join_nonce(int(row["join_nonce"] or 0))
+            join_nonce = next_join_nonce(int(rows[0][0] or 0))
 
             def in_use(addr: int) -> bool:
-                return bool(
-                    db.table("devices").count_where("dev_addr = ? AND dev_eui != ?", [addr, eui])
+                return (
+                    db.scalar(
+                        "SELECT 1 FROM devices WHERE dev_addr = ? AND dev_eui != ?", [addr, eui]
+                    )
+                    is not None
                 )
 
             dev_addr = allocate_dev_addr(in_use)
             nwk_s_key, app_s_key = session(join_nonce)
             wrapped_nwk_s_key, wrapped_app_s_key = self._wrap(nwk_s_key), self._wrap(app_s_key)
-            db.table("devices").update(
-                eui,
-                {
-                    "join_nonce": join_nonce,
-                    "dev_addr": dev_addr,
-                    "last_fcnt": None,
-                    "joined_at": at,
-                },
+            db.execute(
+                "UPDATE devices SET join_nonce = ?, dev_addr = ?, last_fcnt = NULL, "
+                "joined_at = ? WHERE dev_eui = ?",
+                [join_nonce, dev_addr, at, eui],
             )
-            db.table("device_keys").update(
-                eui, {"nwk_s_key": wrapped_nwk_s_key, "app_s_key": wrapped_app_s_key}
+            db.execute(
+                "UPDATE device_keys SET nwk_s_key = ?, app_s_key = ? WHERE dev_eui = ?",
+                [wrapped_nwk_s_key, wrapped_app_s_key, eui],
             )
         return join_nonce, dev_addr
 
@@ -859,28 +903,47 @@ class Store:
         say per batch what happened, in order.
 
         Each batch is written inside a savepoint of its own: one that cannot be stored (a
-        value the store refuses, an unregistered gateway, a constraint the database enforces)
-        is rolled back alone and its place in the result holds the FleetError, while the
-        batches around it are stored. A fault of the database itself (``sqlite3``'s
-        OperationalError: disk full, locked beyond the busy timeout, ...) rolls the whole
-        transaction back and is raised: nothing of it is stored.
+        value the store refuses, an unregistered gateway, a constraint the database enforces:
+        :class:`~owlgate.fleet.sql.DataRefused`) is rolled back alone and its place in the
+        result holds the FleetError, while the batches around it are stored. A fault of the
+        database itself (:class:`~owlgate.fleet.sql.DatabaseFault`: disk full, locked beyond
+        the busy timeout, connection lost, ...) rolls the whole transaction back and is
+        raised: nothing of it is stored.
 
         The device updates of the whole transaction are folded into one per device and
         written after the batches (at most one UPDATE per device however many readings it
         sent), so a batch rolled back leaves no trace there either.
+
+        On PostgreSQL several batches are first tried all together, in a few statements
+        (:meth:`_store_batches_together`), and stored one savepoint each only if one of them
+        cannot be stored; the results are the same either way.
+
+        On PostgreSQL the transaction first takes the ingest's advisory lock
+        (``pg_advisory_xact_lock``, held until it ends): the look-up of frames already stored
+        and the insert of the new ones are then one step for every process writing to the
+        database, so two ingest workers never store one frame twice.
         """
         results: list[StoreResult | FleetError] = []
         devices: dict[str, list[Any]] = {}
         with self.transaction() as db:
-            for batch in batches:
+            self._ingest_lock(db)
+            if db.dialect == "postgres" and len(batches) > 1:
+                try:
+                    with db.transaction():
+                        results = self._store_batches_together(db, batches, devices)
+                except (DataRefused, _OneByOne):
+                    # Some batch cannot be stored: all of them again, each in a savepoint of
+                    # its own, to tell which.
+                    results, devices = [], {}
+            for batch in batches[len(results) :]:
                 seen: dict[str, list[Any]] = {}
                 try:
-                    with db.atomic():
+                    with db.transaction():
                         result = self._store_batch(db, batch, seen)
                 except FleetError as err:
                     results.append(err)
                     continue
-                except (sqlite3.IntegrityError, sqlite3.DataError, OverflowError) as err:
+                except (DataRefused, OverflowError) as err:
                     # What the batch's own data provoked: rolled back to its savepoint, and
                     # storing it again would fail again.
                     results.append(InvalidError(f"batch {batch.seq} could not be stored: {err}"))
@@ -896,44 +959,83 @@ class Store:
                         known[1] = last_fcnt
                     if battery is not None:
                         known[2] = battery
-            if devices:
-                db.conn.executemany(
-                    "UPDATE devices SET last_seen = MAX(COALESCE(last_seen, 0), ?), "
-                    "last_fcnt = CASE WHEN ? IS NULL THEN last_fcnt "
-                    "ELSE MAX(COALESCE(last_fcnt, 0), ?) END, "
-                    "battery_mv = COALESCE(?, battery_mv) WHERE dev_eui = ?",
+            if devices and db.dialect == "postgres":
+                rows = sorted(devices.items())
+                db.execute(
+                    "UPDATE devices AS d SET last_seen = CASE WHEN d.last_seen IS NULL "
+                    "OR d.last_seen < u.last_seen THEN u.last_seen ELSE d.last_seen END, "
+                    "last_fcnt = CASE WHEN u.last_fcnt IS NULL THEN d.last_fcnt "
+                    "WHEN d.last_fcnt IS NULL OR d.last_fcnt < u.last_fcnt THEN u.last_fcnt "
+                    "ELSE d.last_fcnt END, battery_mv = COALESCE(u.battery_mv, d.battery_mv) "
+                    "FROM unnest(CAST(? AS TEXT[]), CAST(? AS DOUBLE PRECISION[]), "
+                    "CAST(? AS BIGINT[]), CAST(? AS BIGINT[])) "
+                    "AS u (dev_eui, last_seen, last_fcnt, battery_mv) WHERE d.dev_eui = u.dev_eui",
                     [
-                        (last_seen, last_fcnt, last_fcnt, battery, eui)
-                        for eui, (last_seen, last_fcnt, battery) in devices.items()
+                        [eui for eui, _ in rows],
+                        [known[0] for _, known in rows],
+                        [known[1] for _, known in rows],
+                        [known[2] for _, known in rows],
+                    ],
+                )
+            elif devices:
+                # In DevEUI order: two transactions updating the same devices lock their rows
+                # in the same order.
+                db.executemany(
+                    "UPDATE devices SET last_seen = CASE WHEN last_seen IS NULL "
+                    "OR last_seen < ? THEN ? ELSE last_seen END, "
+                    "last_fcnt = CASE WHEN CAST(? AS BIGINT) IS NULL THEN last_fcnt "
+                    "WHEN last_fcnt IS NULL OR last_fcnt < ? THEN ? ELSE last_fcnt END, "
+                    "battery_mv = COALESCE(CAST(? AS BIGINT), battery_mv) WHERE dev_eui = ?",
+                    [
+                        (last_seen, last_seen, last_fcnt, last_fcnt, last_fcnt, battery, eui)
+                        for eui, (last_seen, last_fcnt, battery) in sorted(devices.items())
                     ],
                 )
         return results
 
     def _store_batch(
-        self, db: Database, batch: IncomingBatch, devices: dict[str, list[Any]]
+        self, db: Sql, batch: IncomingBatch, devices: dict[str, list[Any]]
     ) -> StoreResult:
         gid = eui_hex(batch.gateway_id, "gateway id")
         received_at = batch.received_at
-        # The primary key (gateway_id, seq) answers "seen before?" and records the batch in
-        # one statement; a repeat inserts nothing.
-        inserted = db.execute(
-            "INSERT OR IGNORE INTO batches (gateway_id, seq, received_at) VALUES (?, ?, ?)",
-            [gid, batch.seq, received_at],
-        )
-        if inserted.rowcount == 0:
+        if not self._open_batch(db, gid, batch.seq, received_at):
             return StoreResult(0, 0, batch_duplicate=True)
-        self._heard(db, gid, received_at)
         rows = batch.rows if batch.rows is not None else reading_rows(batch.readings)
-        stored_match = self._stored_frames(db, rows)
-        # Row ids are given here rather than by SQLite so the readings can go in with one
-        # executemany and their receptions still name them. The transaction holds SQLite's
-        # write lock from the batches INSERT on, so nobody else can take these ids.
-        last_id = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()[0])
+        stored_match, ids = self._frames(db, rows)
+        new_rows: list[tuple[Any, ...]] = []
+        receptions: list[tuple[Any, ...]] = []
+        # PostgreSQL draws an id for every row (ids[index]); SQLite's are the next free ones,
+        # taken in order by the rows that are new.
+        if db.dialect == "postgres":
+            merged = self._place(
+                rows, gid, received_at, stored_match, ids, {}, devices, new_rows, receptions
+            )
+        else:
+            merged = self._place(
+                rows, gid, received_at, stored_match, iter(ids), {}, devices, new_rows, receptions
+            )
+        db.insert_rows("readings", _READING_COLUMNS, new_rows)
+        # A gateway that hears the same frame twice keeps its first reception.
+        _insert_rows(db, _RECEPTIONS_INSERT, receptions)
+        return StoreResult(len(new_rows), merged, batch_duplicate=False)
+
+    def _place(
+        self,
+        rows: Sequence[ReadingRow],
+        gid: str,
+        received_at: float,
+        stored_match: dict[int, int],
+        ids: Sequence[int] | Iterator[int],
+        fresh: dict[tuple[str, int], list[tuple[float, int]]],
+        devices: dict[str, list[Any]],
+        new_rows: list[tuple[Any, ...]],
+        receptions: list[tuple[Any, ...]],
+    ) -> int:
+        """Sort one batch's ``rows`` into readings to insert (``new_rows``, with their ids:
+        ``ids[index]``, or the next of an iterator) and receptions of readings already there
+        (``stored_match``: stored before; ``fresh``: new in this write, updated here), fold
+        the new ones into ``devices``; returns how many were merged."""
         window = self.dedup_window_s
-        # Frames new in this batch, for a repeat inside the same batch.
-        fresh: dict[tuple[str, int], list[tuple[float, int]]] = {}
-        new_rows: list[tuple[object, ...]] = []
-        receptions: list[tuple[object, ...]] = []
         merged = 0
         for index, (eui, time_s, fcnt, values_json, rssi, snr, battery) in enumerate(rows):
             reading_id = stored_match.get(index)
@@ -945,8 +1047,7 @@ class Store:
             if reading_id is not None:
                 merged += 1
             else:
-                last_id += 1
-                reading_id = last_id
+                reading_id = next(ids) if isinstance(ids, Iterator) else ids[index]
                 new_rows.append((reading_id, eui, time_s, fcnt, values_json, gid, received_at))
                 if fcnt is not None:
                     fresh.setdefault((eui, fcnt), []).append((time_s, reading_id))
@@ -963,41 +1064,219 @@ class Store:
                     if battery is not None:
                         known[2] = battery
             receptions.append((reading_id, gid, rssi, snr))
-        db.conn.executemany(
-            "INSERT INTO readings (id, dev_eui, time_s, fcnt, values_json, gateway_id, "
-            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            new_rows,
-        )
-        # A gateway that hears the same frame twice keeps its first reception.
-        db.conn.executemany(
-            "INSERT OR IGNORE INTO receptions (reading_id, gateway_id, rssi_dbm, snr_db) "
-            "VALUES (?, ?, ?, ?)",
-            receptions,
-        )
-        return StoreResult(len(new_rows), merged, batch_duplicate=False)
+        return merged
 
-    def _stored_frames(self, db: Database, rows: Sequence[ReadingRow]) -> dict[int, int]:
+    def _store_batches_together(
+        self, db: Sql, batches: Sequence[IncomingBatch], devices: dict[str, list[Any]]
+    ) -> list[StoreResult | FleetError]:
+        """PostgreSQL: :meth:`record_batches`' work for all ``batches`` at once, in a few
+        statements whatever their number (each statement costs a round trip to the server,
+        which is most of its cost): the batches recorded, their gateways heard, the frames
+        looked up and ids drawn, the readings copied in, the receptions inserted.
+
+        Same results as one savepoint per batch when every batch can be stored; raises
+        DataRefused or _OneByOne (the caller rolls this back and stores them one by one)
+        when one cannot, or a batch's readings turn out not to be storable.
+        """
+        results: list[StoreResult | FleetError | None] = [None] * len(batches)
+        keys: list[tuple[int, str, IncomingBatch]] = []
+        for index, batch in enumerate(batches):
+            try:
+                keys.append((index, eui_hex(batch.gateway_id, "gateway id"), batch))
+            except FleetError as err:
+                results[index] = err
+        registered = {
+            row[0]
+            for row in db.query_tuples(
+                "SELECT id FROM gateways WHERE id = ANY(CAST(? AS TEXT[]))",
+                [sorted({gid for _, gid, _ in keys})],
+            )
+        }
+        candidates = [key for key in keys if key[1] in registered]
+        for index, gid, _ in keys:
+            if gid not in registered:
+                results[index] = NotFoundError(f"no gateway {gid}")
+        inserted = {
+            (row[0], int(row[1]))
+            for row in db.query_tuples(
+                "INSERT INTO batches (gateway_id, seq, received_at) SELECT g, s, r "
+                "FROM unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[]), "
+                "CAST(? AS DOUBLE PRECISION[])) WITH ORDINALITY AS b (g, s, r, n) ORDER BY n "
+                "ON CONFLICT (gateway_id, seq) DO NOTHING RETURNING gateway_id, seq",
+                [
+                    [gid for _, gid, _ in candidates],
+                    [batch.seq for _, _, batch in candidates],
+                    [batch.received_at for _, _, batch in candidates],
+                ],
+            )
+        }
+        fresh_batches: list[tuple[int, str, IncomingBatch, Sequence[ReadingRow]]] = []
+        heard: dict[str, float] = {}
+        for index, gid, batch in candidates:
+            if (gid, batch.seq) not in inserted:
+                results[index] = StoreResult(0, 0, batch_duplicate=True)
+                continue
+            inserted.discard((gid, batch.seq))  # the same batch again in this call: a repeat
+            try:
+                rows = batch.rows if batch.rows is not None else reading_rows(batch.readings)
+            except FleetError as err:
+                raise _OneByOne from err
+            fresh_batches.append((index, gid, batch, rows))
+            heard[gid] = max(heard.get(gid, batch.received_at), batch.received_at)
+        if heard:
+            db.execute(
+                "UPDATE gateways AS g SET last_seen = u.at FROM unnest(CAST(? AS TEXT[]), "
+                "CAST(? AS DOUBLE PRECISION[])) AS u (id, at) "
+                "WHERE g.id = u.id AND (g.last_seen IS NULL OR g.last_seen < u.at)",
+                [list(heard), list(heard.values())],
+            )
+        every_row = [row for _, _, _, rows in fresh_batches for row in rows]
+        stored_match, ids = self._frames(db, every_row)
+        fresh: dict[tuple[str, int], list[tuple[float, int]]] = {}
+        new_rows: list[tuple[Any, ...]] = []
+        receptions: list[tuple[Any, ...]] = []
+        offset = 0
+        for index, gid, batch, rows in fresh_batches:
+            count = len(rows)
+            before = len(new_rows)
+            try:
+                merged = self._place(
+                    rows,
+                    gid,
+                    batch.received_at,
+                    {
+                        i - offset: match
+                        for i, match in stored_match.items()
+                        if offset <= i < offset + count
+                    },
+                    ids[offset : offset + count],
+                    fresh,
+                    devices,
+                    new_rows,
+                    receptions,
+                )
+            except TypeError as err:
+                # A row the database will refuse (a time of None, say), met here first.
+                raise _OneByOne(f"batch {batch.seq}: {err}") from err
+            results[index] = StoreResult(len(new_rows) - before, merged, batch_duplicate=False)
+            offset += count
+        db.insert_rows("readings", _READING_COLUMNS, new_rows)
+        # The receptions of readings new in this write cannot be in the table yet: copied in
+        # (the first of a gateway's hearings of a frame kept); those of readings stored
+        # before may be (the same gateway again), so they go through ON CONFLICT.
+        new_ids = {row[0] for row in new_rows}
+        copied: dict[tuple[int, str], tuple[Any, ...]] = {}
+        others: list[tuple[Any, ...]] = []
+        for reception in receptions:
+            if reception[0] in new_ids:
+                copied.setdefault((reception[0], reception[1]), reception)
+            else:
+                others.append(reception)
+        db.insert_rows("receptions", _RECEPTION_COLUMNS, list(copied.values()))
+        _insert_rows(db, _RECEPTIONS_INSERT, others)
+        done = [result for result in results if result is not None]
+        if len(done) != len(batches):
+            raise _OneByOne(f"{len(batches) - len(done)} batches left without a result")
+        return done
+
+    def _open_batch(self, db: Sql, gid: str, seq: int, received_at: float) -> bool:
+        """Record the batch (False: seen before, nothing recorded) and hear its gateway
+        (NotFoundError for one not registered).
+
+        The primary key (gateway_id, seq) answers "seen before?" and records the batch in one
+        statement; a repeat inserts nothing. PostgreSQL does the three steps in one round
+        trip (data-modifying CTEs), which is most of what a statement costs there.
+        """
+        if db.dialect == "sqlite":
+            inserted = db.execute(
+                "INSERT INTO batches (gateway_id, seq, received_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (gateway_id, seq) DO NOTHING",
+                [gid, seq, received_at],
+            )
+            if inserted == 0:
+                return False
+            self._heard(db, gid, received_at)
+            return True
+        rows = db.query_tuples(
+            "WITH batch AS (INSERT INTO batches (gateway_id, seq, received_at) "
+            "VALUES (?, ?, ?) ON CONFLICT (gateway_id, seq) DO NOTHING RETURNING gateway_id), "
+            "heard AS (UPDATE gateways SET last_seen = ? WHERE id IN (SELECT gateway_id "
+            "FROM batch) AND (last_seen IS NULL OR last_seen < ?) RETURNING id) "
+            "SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM heard), "
+            "(SELECT count(*) FROM gateways WHERE id = ?)",
+            [gid, seq, received_at, received_at, received_at, gid],
+        )
+        inserted, _, registered = rows[0]
+        if inserted == 0:
+            return False
+        if registered == 0:
+            raise NotFoundError(f"no gateway {gid}")
+        return True
+
+    def _frames(self, db: Sql, rows: Sequence[ReadingRow]) -> tuple[dict[int, int], list[int]]:
         """For each row (by index) with an FCnt, the id of the first stored reading of the
-        same frame (same DevEUI and FCnt, times at most ``dedup_window_s`` apart): one query
-        per chunk of rows, each probe using the ``(dev_eui, fcnt)`` index."""
+        same frame (same DevEUI and FCnt, times at most ``dedup_window_s`` apart), and ids
+        for the new readings.
+
+        Row ids are given here rather than by the database so the readings can go in with
+        one statement and their receptions still name them. SQLite: the ones after the
+        largest stored, for the rows not found; the transaction holds SQLite's write lock
+        from the batches INSERT on, so nobody else can take them. PostgreSQL: one per row,
+        drawn from the table's identity sequence in the same query, which hands every id out
+        once whatever the number of processes writing (the ids of rows found, or of a batch
+        rolled back, are skipped, never reused).
+        """
+        window = self.dedup_window_s
+        found: dict[int, int] = {}
+        if db.dialect == "postgres":
+            if not rows:
+                return found, []
+            if self._readings_sequence is None:
+                self._readings_sequence = str(
+                    db.scalar("SELECT pg_get_serial_sequence('readings', 'id')")
+                )
+            # A subquery per row rather than a join: the planner would hash-join the whole
+            # readings table against the batch; this is one index probe per row.
+            matches = db.query_tuples(
+                "SELECT (SELECT MIN(r.id) FROM readings AS r WHERE r.dev_eui = w.eui "
+                "AND r.time_s BETWEEN w.t - ? AND w.t + ? AND r.fcnt = w.fcnt), "
+                "nextval(CAST(? AS regclass)) "
+                "FROM unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[]), "
+                "CAST(? AS DOUBLE PRECISION[])) WITH ORDINALITY AS w (eui, fcnt, t, n) "
+                "ORDER BY w.n",
+                [
+                    window,
+                    window,
+                    self._readings_sequence,
+                    [row[0] for row in rows],
+                    [row[2] for row in rows],
+                    [row[1] for row in rows],
+                ],
+            )
+            found.update(
+                (index, int(match)) for index, (match, _) in enumerate(matches) if match is not None
+            )
+            return found, [int(reading_id) for _, reading_id in matches]
         wanted = [
             (index, eui, fcnt, time_s)
             for index, (eui, time_s, fcnt, *_) in enumerate(rows)
             if fcnt is not None
         ]
-        found: dict[int, int] = {}
-        window = self.dedup_window_s
         for start in range(0, len(wanted), _DEDUP_CHUNK):
             chunk = wanted[start : start + _DEDUP_CHUNK]
             values = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
-            cursor = db.execute(
+            matches = db.query_tuples(
                 f"SELECT w.column1, MIN(r.id) FROM (VALUES {values}) AS w "
                 "JOIN readings AS r ON r.dev_eui = w.column2 AND r.fcnt = w.column3 "
                 "AND r.time_s BETWEEN w.column4 - ? AND w.column4 + ? GROUP BY w.column1",
                 [value for item in chunk for value in item] + [window, window],
             )
-            found.update((int(index), int(reading_id)) for index, reading_id in cursor)
-        return found
+            found.update((int(index), int(reading_id)) for index, reading_id in matches)
+        count = len(rows) - len(found)
+        if count <= 0:
+            return found, []
+        last = int(db.scalar("SELECT COALESCE(MAX(id), 0) FROM readings"))
+        return found, list(range(last + 1, last + 1 + count))
 
     def readings(
         self,
@@ -1035,8 +1314,9 @@ class Store:
         if page_rows:
             marks = ", ".join("?" * len(page_rows))
             for rec in self._rows(
-                f"SELECT * FROM receptions WHERE reading_id IN ({marks}) "
-                "ORDER BY reading_id, rowid",
+                f"SELECT reading_id, gateway_id, rssi_dbm, snr_db FROM receptions "
+                f"WHERE reading_id IN ({marks}) ORDER BY reading_id, "
+                + ("rowid" if self.sql.dialect == "sqlite" else "heard"),
                 [row["id"] for row in page_rows],
             ):
                 receptions[rec["reading_id"]].append(
@@ -1058,6 +1338,62 @@ class Store:
         last = items[-1] if items else None
         more = len(rows) > limit and last is not None
         return Page(items, f"{last.time_s!r}:{last.id}" if more and last else None)
+
+
+class _OneByOne(Exception):
+    """Internal: a batch of a write stored all at once cannot be stored; store them one by
+    one instead (see Store._store_batches_together)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Insert:
+    """An INSERT of many rows: ``sqlite`` runs once per row (executemany, one prepared
+    statement); ``postgres`` runs once with every column passed as an array (``unnest``),
+    one round trip for the whole batch."""
+
+    sqlite: str
+    postgres: str
+
+
+_READING_COLUMNS: Final = (
+    "id",
+    "dev_eui",
+    "time_s",
+    "fcnt",
+    "values_json",
+    "gateway_id",
+    "received_at",
+)
+_RECEPTION_COLUMNS: Final = ("reading_id", "gateway_id", "rssi_dbm", "snr_db")
+_RECEPTIONS_INSERT: Final = _Insert(
+    sqlite="INSERT INTO receptions (reading_id, gateway_id, rssi_dbm, snr_db) "
+    "VALUES (?, ?, ?, ?) ON CONFLICT (reading_id, gateway_id) DO NOTHING",
+    # Rows in array order, so a gateway's first reception of a frame is the one kept and
+    # the receptions are numbered (``heard``) in the order they came.
+    postgres="INSERT INTO receptions (reading_id, gateway_id, rssi_dbm, snr_db) "
+    "SELECT reading_id, gateway_id, rssi_dbm, snr_db FROM unnest(CAST(? AS BIGINT[]), "
+    "CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS DOUBLE PRECISION[])) "
+    "WITH ORDINALITY AS r (reading_id, gateway_id, rssi_dbm, snr_db, n) ORDER BY n "
+    "ON CONFLICT (reading_id, gateway_id) DO NOTHING",
+)
+
+
+def _insert_rows(db: Sql, insert: _Insert, rows: Sequence[tuple[Any, ...]]) -> None:
+    if not rows:
+        return
+    if db.dialect == "sqlite":
+        db.executemany(insert.sqlite, rows)
+    else:
+        db.execute(insert.postgres, [list(column) for column in zip(*rows, strict=True)])
+
+
+def _describe(sql: Sql) -> str:
+    """Where ``sql`` keeps its data, for messages: a file path, or a URL without password."""
+    if isinstance(sql, SqliteSql):
+        return sql.path
+    if isinstance(sql, PostgresSql):
+        return redacted(sql.url)
+    return sql.dialect
 
 
 #: The columns of ``device_keys`` that hold a wrapped key.
@@ -1123,11 +1459,6 @@ def _json_value(value: object) -> object:
 
 #: One encoder for every reading: ``json.dumps`` with options builds a new one per call.
 _VALUES_JSON = json.JSONEncoder(sort_keys=True, default=_json_value)
-
-
-def _now_text(db: Database) -> str:
-    row = db.execute("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')").fetchone()
-    return str(row[0])
 
 
 def _gateway(row: dict[str, Any]) -> Gateway:

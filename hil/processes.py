@@ -219,6 +219,13 @@ class MosquittoProcess:
     (``user``): started as root, Mosquitto would otherwise drop to the user ``mosquitto``,
     which cannot write the folder.
 
+    With ``password_file`` (and ``acl_file``) Mosquitto checks logins and topics against
+    those files, as written by :func:`owlgate.fleet.brokerauth.write_mosquitto_files`, and
+    refuses anonymous clients unless ``allow_anonymous`` says otherwise (``allow_anonymous``
+    None: allowed exactly when there is no password file). ``extra_config`` lines are
+    appended to the configuration as they are. :meth:`reload` sends SIGHUP, on which
+    Mosquitto re-reads both files.
+
     ``verbose`` runs it with ``-v`` (every connection and packet in the log). Blocking calls;
     also a context manager that starts and stops it::
 
@@ -238,6 +245,10 @@ class MosquittoProcess:
         verbose: bool = True,
         start_timeout_s: float = START_TIMEOUT_S,
         stop_timeout_s: float = STOP_TIMEOUT_S,
+        password_file: Path | None = None,
+        acl_file: Path | None = None,
+        allow_anonymous: bool | None = None,
+        extra_config: tuple[str, ...] = (),
     ) -> None:
         self.binary = binary
         self.folder = folder
@@ -249,6 +260,10 @@ class MosquittoProcess:
         self.verbose = verbose
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
+        self.password_file = password_file
+        self.acl_file = acl_file
+        self.allow_anonymous = password_file is None if allow_anonymous is None else allow_anonymous
+        self.extra_config = extra_config
         #: How many times :meth:`start` launched the process.
         self.starts = 0
         #: The exit code of the latest process once it ended (negative: the signal that ended
@@ -283,9 +298,13 @@ class MosquittoProcess:
         """The configuration each start writes to :attr:`config_path`."""
         lines = [
             f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+            f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
             f"max_queued_messages {self.max_queued_messages}",
         ]
+        if self.password_file is not None:
+            lines.append(f"password_file {self.password_file.resolve()}")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file.resolve()}")
         if self.persistence:
             lines += [
                 "persistence true",
@@ -299,6 +318,13 @@ class MosquittoProcess:
                 lines.append(f"user {user}")
         else:
             lines.append("persistence false")
+        if not self.persistence and (self.password_file or self.acl_file):
+            # Started as root, Mosquitto would drop to the user ``mosquitto`` before it reads
+            # the files, which are private to the current user (mode 0600).
+            user = _current_user()
+            if user is not None:
+                lines.append(f"user {user}")
+        lines.extend(self.extra_config)
         return "\n".join(lines) + "\n"
 
     def start(self) -> None:
@@ -370,6 +396,14 @@ class MosquittoProcess:
         self.returncode = process.returncode
         log.info("mosquitto pid %d ended with code %s", process.pid, process.returncode)
 
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto re-reads its password and ACL files (MosquittoFailed while it
+        is stopped). The reload happens in the broker's next loop turn, after this returns."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            raise MosquittoFailed("mosquitto is not running: nothing to reload")
+        process.send_signal(signal.SIGHUP)
+
     def restart(self) -> None:
         """:meth:`stop`, then :meth:`start` on the same port."""
         self.stop()
@@ -384,5 +418,269 @@ class MosquittoProcess:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+#: The line PostgreSQL logs once it accepts connections (after crash recovery, if any).
+POSTGRES_READY_LINE: Final = "database system is ready to accept connections"
+#: The superuser :class:`PostgresProcess` makes, whatever the operating-system user.
+POSTGRES_SUPERUSER: Final = "postgres"
+#: Who runs initdb and postgres when the caller is root (both refuse to run as root).
+_POSTGRES_USERS: Final = ("postgres", "nobody")
+
+
+class PostgresFailed(ProcessFailed):
+    """PostgreSQL could not be set up or run, exited before it was ready, or was not ready
+    in time."""
+
+
+def find_postgres() -> Path | None:
+    """The folder holding PostgreSQL's server programs (``initdb``, ``postgres``), or None:
+    where ``postgres`` on PATH really lives, else the newest Debian install
+    (``/usr/lib/postgresql/<version>/bin``, not on PATH)."""
+    found = shutil.which("postgres")
+    if found:
+        folder = Path(found).resolve().parent
+        if (folder / "initdb").is_file():
+            return folder
+    installs = [
+        folder
+        for folder in Path("/usr/lib/postgresql").glob("*/bin")
+        if (folder / "postgres").is_file() and (folder / "initdb").is_file()
+    ]
+
+    def version(folder: Path) -> tuple[int, ...]:
+        digits = re.findall(r"\d+", folder.parent.name)
+        return tuple(int(d) for d in digits)
+
+    return max(installs, key=version) if installs else None
+
+
+class PostgresProcess:
+    """A PostgreSQL server as a child process: a new cluster (``initdb``, trust
+    authentication, superuser ``postgres``) in a data folder of its own, listening on
+    ``127.0.0.1:port`` only (``port`` defaults to a free one) and on a Unix socket in the
+    data folder, its log in ``folder/postgres.log``.
+
+    PostgreSQL refuses to run as root: started by root (CI runs as root), the data folder is
+    made outside ``folder`` (whose parents the other user may not be allowed to enter, as
+    pytest's are not) and owned by the first of the users ``postgres`` and ``nobody`` that
+    exists, who runs both programs; it is removed when the server stops. Otherwise the data
+    is ``folder/data``, kept.
+
+    ``durable=False`` turns fsync, synchronous commit and full-page writes off: much faster
+    for tests, and a crash of the machine may then corrupt the cluster. ``settings`` are
+    more ``-c name=value`` options. Blocking calls; also a context manager that starts and
+    stops it::
+
+        with PostgresProcess(find_postgres() or Path("/usr/bin"), Path("pg")) as server:
+            print(server.url())  # postgresql://postgres@127.0.0.1:PORT/postgres
+    """
+
+    def __init__(
+        self,
+        bin_folder: Path,
+        folder: Path,
+        port: int | None = None,
+        *,
+        durable: bool = True,
+        settings: dict[str, str] | None = None,
+        start_timeout_s: float = START_TIMEOUT_S,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
+    ) -> None:
+        self.bin_folder = bin_folder
+        self.folder = folder
+        self.host = LOOPBACK
+        self.port = free_tcp_port(self.host) if port is None else port
+        self.durable = durable
+        self.settings = dict(settings or {})
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        #: The data folder (the cluster); set by the first :meth:`start`.
+        self.data: Path | None = None
+        self._user: pwd.struct_passwd | None = None
+        self._temporary_data = False
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def url(self, database: str = "postgres") -> str:
+        """``postgresql://postgres@127.0.0.1:PORT/<database>``, as ``owlgate fleet serve
+        --db`` takes it."""
+        return f"postgresql://{POSTGRES_SUPERUSER}@{self.host}:{self.port}/{database}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "postgres.log"
+
+    @property
+    def pid(self) -> int | None:
+        """The running server's process id; None while it is stopped."""
+        return None if self._process is None else self._process.pid
+
+    def _run_as(self) -> pwd.struct_passwd | None:
+        if os.geteuid() != 0:
+            return None
+        for name in _POSTGRES_USERS:
+            try:
+                return pwd.getpwnam(name)
+            except KeyError:
+                continue
+        raise PostgresFailed(
+            "PostgreSQL refuses to run as root and none of the users "
+            f"{', '.join(_POSTGRES_USERS)} exists: create one (useradd postgres)"
+        )
+
+    def _spawn(self, args: list[str], out: IO[bytes]) -> subprocess.Popen[bytes]:
+        user = self._user
+        try:
+            return subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                user=None if user is None else user.pw_uid,
+                group=None if user is None else user.pw_gid,
+                extra_groups=None if user is None else [],
+                # The other user's home and locale: root's may be unreadable to it.
+                env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"},
+                cwd="/",
+            )
+        except OSError as err:
+            raise PostgresFailed(f"cannot run {args[0]!r}: {err.strerror or err}") from err
+
+    def _initdb(self) -> Path:
+        import tempfile
+
+        self._user = self._run_as()
+        if self._user is None:
+            data = self.folder / "data"
+            if (data / "PG_VERSION").is_file():
+                return data
+        else:
+            data = Path(tempfile.mkdtemp(prefix="owlgate-pg-"))
+            os.chown(data, self._user.pw_uid, self._user.pw_gid)
+            self._temporary_data = True
+        init_log = self.folder / "initdb.log"
+        with init_log.open("wb") as out:
+            process = self._spawn(
+                [
+                    str(self.bin_folder / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    POSTGRES_SUPERUSER,
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ],
+                out,
+            )
+            try:
+                code = process.wait(self.start_timeout_s * 3)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                code = None
+        if code != 0:
+            self._remove_data(data)
+            raise PostgresFailed(
+                f"initdb {self.bin_folder / 'initdb'} failed (exit {code}); {init_log} ends:\n"
+                f"{_log_tail(init_log)}"
+            )
+        return data
+
+    def start(self) -> None:
+        """Make the cluster (first start) and start the server; return once it accepts
+        connections. :class:`PostgresFailed` (with the end of its log) when it cannot run,
+        exits, or is not ready within ``start_timeout_s``. Does nothing while it runs."""
+        if self._process is not None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.data is None:
+            self.data = self._initdb()
+        options = dict(self.settings)
+        if not self.durable:
+            options = {
+                "fsync": "off",
+                "synchronous_commit": "off",
+                "full_page_writes": "off",
+                **options,
+            }
+        args = [
+            str(self.bin_folder / "postgres"),
+            "-D",
+            str(self.data),
+            "-p",
+            str(self.port),
+            "-h",
+            self.host,
+            "-k",
+            str(self.data),
+        ]
+        for name, value in options.items():
+            args += ["-c", f"{name}={value}"]
+        log_path = self.log_path
+        with log_path.open("wb") as out:
+            process = self._spawn(args, out)
+        self._process = process
+        deadline = time.monotonic() + self.start_timeout_s
+        while not (
+            POSTGRES_READY_LINE in log_path.read_text(errors="replace")
+            and accepts_connections(self.host, self.port)
+        ):
+            code = process.poll()
+            if code is not None:
+                self._process = None
+                raise PostgresFailed(
+                    f"postgres exited with code {code} before it was ready on "
+                    f"{self.host}:{self.port}; {log_path} ends:\n{_log_tail(log_path)}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise PostgresFailed(
+                    f"postgres was not ready on {self.host}:{self.port} within "
+                    f"{self.start_timeout_s:.0f} s; {log_path} ends:\n{_log_tail(log_path)}"
+                )
+            time.sleep(_ACCEPT_POLL_S)
+        log.info("postgres pid %d ready on %s:%d", process.pid, self.host, self.port)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT: open sessions are ended, the data is kept consistent),
+        SIGKILL if it has not ended within ``stop_timeout_s``; then the data folder is
+        removed if it was a temporary one. Does nothing while it is stopped."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "postgres pid %d still running %.0f s after SIGINT; killing it",
+                    process.pid,
+                    self.stop_timeout_s,
+                )
+                process.kill()
+                process.wait()
+        if self._temporary_data and self.data is not None:
+            self._remove_data(self.data)
+            self.data = None
+
+    def _remove_data(self, data: Path) -> None:
+        if self._temporary_data:
+            shutil.rmtree(data, ignore_errors=True)
+            self._temporary_data = False
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
     ) -> None:
         self.stop()

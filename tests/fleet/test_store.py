@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -11,8 +12,8 @@ from owlgate.codecs.health import Health, RadioCounters
 from owlgate.codecs.node.cbor import Tag
 from owlgate.codecs.node.telemetry import Reading
 from owlgate.codecs.payloads import PROFILES
+from owlgate.fleet import schema
 from owlgate.fleet.store import (
-    MIGRATIONS,
     ConflictError,
     IncomingBatch,
     InvalidError,
@@ -20,6 +21,7 @@ from owlgate.fleet.store import (
     Store,
     StoreResult,
 )
+from owlgate.fleet.vault import KeyVault, VaultRequiredError
 from tests.fleet.conftest import (
     ABP_ADDR,
     ABP_EUI,
@@ -30,6 +32,7 @@ from tests.fleet.conftest import (
     NWK_S_KEY,
     OTAA_EUI,
     T0,
+    StoreFactory,
 )
 
 
@@ -41,17 +44,42 @@ def reading(dev_eui: str, fcnt: int | None, t: float, rssi: int = -80, **values:
 
 def test_migrations_are_recorded_and_run_once(tmp_path: Path) -> None:
     path = tmp_path / "fleet.db"
+    every = [name for name, _ in schema.migrations()]
     with Store(path) as first:
-        assert first.applied_migrations() == [name for name, _ in MIGRATIONS]
+        assert first.applied_migrations() == every
     with Store(path) as again:
-        assert again.applied_migrations() == [name for name, _ in MIGRATIONS]
+        assert again.applied_migrations() == every
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         count = conn.execute("SELECT count(*) FROM migrations").fetchone()[0]
-        assert count == len(MIGRATIONS)
+        assert count == len(every)
     finally:
         conn.close()
+
+
+def test_a_store_opened_again_finds_what_was_stored(
+    store_factory: StoreFactory, vault: KeyVault
+) -> None:
+    first = store_factory(vault=vault)
+    first.create_device(
+        ABP_EUI,
+        profile_id="parking-v1",
+        activation="abp",
+        created=T0,
+        dev_addr=ABP_ADDR,
+        nwk_s_key=NWK_S_KEY,
+        app_s_key=APP_S_KEY,
+    )
+    first.close()
+    again = store_factory(vault=vault)
+    assert again.applied_migrations() == [name for name, _ in schema.migrations()]
+    assert again.device_keys(ABP_EUI).app_s_key == APP_S_KEY
+    # Without the vault the store opens, and refuses to read the key.
+    without = store_factory()
+    assert without.device(ABP_EUI).dev_addr == ABP_ADDR
+    with pytest.raises(VaultRequiredError):
+        without.device_keys(ABP_EUI)
 
 
 def test_profiles_come_from_the_codec_registry(store: Store) -> None:
@@ -124,11 +152,11 @@ def test_registry_round_trip_and_errors(registry: Store) -> None:
 
 
 def test_secrets_are_only_in_device_keys(registry: Store) -> None:
-    conn = registry._db.conn
-    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+    db = registry.sql
+    for table in db.table_names():
         if table == "device_keys":
             continue
-        for row in conn.execute(f'SELECT * FROM "{table}"'):
+        for row in db.query_tuples(f'SELECT * FROM "{table}"'):
             for value in row:
                 assert value not in (APP_KEY, NWK_S_KEY, APP_S_KEY), table
 
@@ -318,7 +346,8 @@ def test_a_constraint_error_refuses_only_its_batch(registry: Store) -> None:
         ]
     )
     assert isinstance(results[0], InvalidError)
-    assert "NOT NULL" in results[0].message
+    # SQLite says "NOT NULL constraint failed", PostgreSQL "violates not-null constraint".
+    assert re.search("not.null", results[0].message, re.IGNORECASE)
     assert results[1] == StoreResult(1, 0, False)
     assert [r.fcnt for r in registry.readings(ABP_EUI).items] == [6]
 
@@ -336,3 +365,162 @@ def test_the_same_frame_twice_in_one_transaction_is_one_reading(registry: Store)
     (stored,) = registry.readings(ABP_EUI).items
     # GW1 keeps its first reception of the frame.
     assert [(r.gateway_id, r.rssi_dbm) for r in stored.receptions] == [(GW1, -70), (GW2, -110)]
+
+
+# --- a database made by the releases before the SQL layer ----------------------------------------
+
+#: The schema as sqlite-utils wrote it (migrations 0001 to 0004), statement for statement.
+_OLD_SCHEMA = """
+CREATE TABLE "migrations" ("name" TEXT PRIMARY KEY, "applied_at" TEXT);
+CREATE TABLE "gateways" ("id" TEXT PRIMARY KEY, "name" TEXT NOT NULL,
+  "sign_public_key" BLOB NOT NULL, "seal_public_key" BLOB NOT NULL, "created" REAL NOT NULL,
+  "last_seen" REAL, "state_online" INTEGER, "state_at" REAL, "heartbeat_interval_s" INTEGER,
+  "last_health_at" REAL, "outbox_depth" INTEGER, "outbox_oldest_age_s" INTEGER,
+  "radio_crc_ok" INTEGER, "radio_crc_bad" INTEGER, "last_health_json" TEXT);
+CREATE TABLE "device_profiles" ("id" TEXT PRIMARY KEY, "name" TEXT NOT NULL,
+  "description" TEXT);
+CREATE TABLE "devices" ("dev_eui" TEXT PRIMARY KEY,
+  "profile_id" TEXT NOT NULL REFERENCES "device_profiles"("id"), "activation" TEXT NOT NULL,
+  "join_eui" TEXT, "dev_addr" INTEGER, "name" TEXT, "created" REAL NOT NULL,
+  "last_seen" REAL, "last_fcnt" INTEGER, "battery_mv" INTEGER, "joined_at" REAL,
+  "join_nonce" INTEGER);
+CREATE INDEX "idx_devices_dev_addr" ON "devices" ("dev_addr");
+CREATE TABLE "device_keys" ("dev_eui" TEXT PRIMARY KEY REFERENCES "devices"("dev_eui"),
+  "app_key" BLOB, "nwk_s_key" BLOB, "app_s_key" BLOB);
+CREATE TABLE "join_nonces" ("dev_eui" TEXT, "dev_nonce" INTEGER, "at" REAL,
+  PRIMARY KEY ("dev_eui", "dev_nonce"));
+CREATE TABLE "batches" ("gateway_id" TEXT, "seq" INTEGER, "received_at" REAL,
+  PRIMARY KEY ("gateway_id", "seq"));
+CREATE TABLE "readings" ("id" INTEGER PRIMARY KEY, "dev_eui" TEXT NOT NULL,
+  "time_s" REAL NOT NULL, "fcnt" INTEGER, "values_json" TEXT NOT NULL,
+  "gateway_id" TEXT NOT NULL, "received_at" REAL NOT NULL);
+CREATE INDEX "idx_readings_dev_eui_time_s_id" ON "readings" ("dev_eui", "time_s", "id");
+CREATE TABLE "receptions" ("reading_id" INTEGER REFERENCES "readings"("id"),
+  "gateway_id" TEXT, "rssi_dbm" INTEGER, "snr_db" REAL, PRIMARY KEY ("reading_id", "gateway_id"));
+INSERT INTO migrations VALUES ('0001_registry', '2026-01-01T00:00:00.000Z'),
+  ('0002_ingest', '2026-01-01T00:00:00.000Z'),
+  ('0003_readings_without_fcnt_index', '2026-01-01T00:00:00.000Z'),
+  ('0004_wrapped_device_keys', '2026-01-01T00:00:00.000Z');
+INSERT INTO device_profiles VALUES ('parking-v1', 'Parking', NULL);
+INSERT INTO gateways (id, name, sign_public_key, seal_public_key, created)
+  VALUES ('b827ebfffe000001', 'old gw', zeroblob(32), zeroblob(32), 1800000000.0);
+INSERT INTO devices (dev_eui, profile_id, activation, created, last_fcnt, join_nonce)
+  VALUES ('70b3d57ed0000001', 'parking-v1', 'abp', 1800000000.0, 7, 0);
+INSERT INTO readings VALUES (41, '70b3d57ed0000001', 1800000000.0, 7, '{"occupied": true}',
+  'b827ebfffe000001', 1800000005.0);
+INSERT INTO receptions VALUES (41, 'b827ebfffe000001', -80, 7.25);
+INSERT INTO batches VALUES ('b827ebfffe000001', 1, 1800000005.0);
+"""
+
+
+def test_a_database_of_the_old_layout_opens_unchanged(tmp_path: Path) -> None:
+    """A file made by the releases that built the schema through sqlite-utils: its four
+    migrations are not run again, its rows read as before, the feature modules' tables are
+    added, and new readings continue its ids."""
+    path = tmp_path / "old.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.executescript(_OLD_SCHEMA)
+    raw.close()
+    with Store(path) as store:
+        assert store.applied_migrations() == [name for name, _ in schema.migrations()]
+        (old,) = store.readings(ABP_EUI).items
+        assert (old.id, old.fcnt, old.values, old.receptions[0].rssi_dbm) == (
+            41,
+            7,
+            {"occupied": True},
+            -80,
+        )
+        assert store.gateway(GW1).name == "old gw"
+        assert store.record_batch(GW1, 1, [reading(ABP_EUI, 8, T0 + 60)], T0) == StoreResult(
+            0, 0, True
+        )
+        assert store.record_batch(GW1, 2, [reading(ABP_EUI, 8, T0 + 60)], T0 + 61) == (
+            StoreResult(1, 0, False)
+        )
+        assert [r.id for r in store.readings(ABP_EUI).items] == [41, 42]
+        assert store.device(ABP_EUI).last_fcnt == 8
+    raw = sqlite3.connect(path)
+    try:
+        recorded = [row[0] for row in raw.execute("SELECT name FROM migrations ORDER BY rowid")]
+        # The old rows first, untouched; the feature modules' after them.
+        assert recorded[:4] == [name for name, _ in schema.migrations()][:4]
+        assert raw.execute("SELECT applied_at FROM migrations LIMIT 1").fetchone()[0] == (
+            "2026-01-01T00:00:00.000Z"
+        )
+        columns = [row[1] for row in raw.execute("PRAGMA table_info(readings)")]
+        assert columns == [
+            "id",
+            "dev_eui",
+            "time_s",
+            "fcnt",
+            "values_json",
+            "gateway_id",
+            "received_at",
+        ]
+    finally:
+        raw.close()
+
+
+def test_a_new_database_has_the_old_layout(tmp_path: Path) -> None:
+    """The migrations make, on SQLite, the tables and indexes sqlite-utils made: a database
+    made now and one made before are the same to every query."""
+    old = sqlite3.connect(":memory:")
+    old.executescript(_OLD_SCHEMA)
+    with Store(tmp_path / "new.sqlite3"):
+        pass
+    new = sqlite3.connect(tmp_path / "new.sqlite3")
+    try:
+        tables = ("gateways", "device_profiles", "devices", "device_keys", "join_nonces")
+        for table in (*tables, "batches", "readings", "receptions"):
+            query = f"PRAGMA table_info({table})"
+            assert new.execute(query).fetchall() == old.execute(query).fetchall(), table
+        for table in ("devices", "readings"):
+            assert [row[1:3] for row in new.execute(f"PRAGMA index_list({table})")] == [
+                row[1:3] for row in old.execute(f"PRAGMA index_list({table})")
+            ], table
+    finally:
+        new.close()
+        old.close()
+
+
+def test_a_write_of_good_batches_with_repeats_and_an_unknown_gateway(registry: Store) -> None:
+    """Nothing in it the database refuses (PostgreSQL stores such a write in one go): a
+    repeat inside the write and of a stored batch, an unknown gateway, frames heard by both
+    gateways and twice by one; the results and rows are those of one batch at a time."""
+    registry.record_batch(GW1, 1, [reading(ABP_EUI, 1, T0, rssi=-60)], T0)
+    results = registry.record_batches(
+        [
+            IncomingBatch(GW1, 1, [reading(ABP_EUI, 1, T0)], T0 + 1),
+            IncomingBatch(
+                GW2, 7, [reading(ABP_EUI, 1, T0, rssi=-99), reading(OTAA_EUI, 5, T0)], T0 + 2
+            ),
+            IncomingBatch("00000000000000ff", 1, [reading(ABP_EUI, 9, T0)], T0 + 3),
+            IncomingBatch(
+                GW1,
+                2,
+                [
+                    reading(OTAA_EUI, 5, T0 + 1, rssi=-70),
+                    reading(ABP_EUI, 2, T0 + 9, battery_mv=2990),
+                ],
+                T0 + 4,
+            ),
+            IncomingBatch(GW2, 7, [reading(ABP_EUI, 1, T0)], T0 + 5),
+            IncomingBatch(GW2, 8, [reading(OTAA_EUI, 5, T0 + 2, rssi=-120)], T0 + 6),
+        ]
+    )
+    assert results[0] == StoreResult(0, 0, True)
+    assert results[1] == StoreResult(1, 1, False)
+    assert isinstance(results[2], NotFoundError)
+    assert results[3] == StoreResult(1, 1, False)
+    assert results[4] == StoreResult(0, 0, True)
+    assert results[5] == StoreResult(0, 1, False)
+    (abp_1, abp_2) = registry.readings(ABP_EUI).items
+    assert [(r.gateway_id, r.rssi_dbm) for r in abp_1.receptions] == [(GW1, -60), (GW2, -99)]
+    assert abp_2.fcnt == 2
+    (otaa,) = registry.readings(OTAA_EUI).items
+    # GW2 heard it first (batch 7) and keeps that reception; GW1 heard it after.
+    assert [(r.gateway_id, r.rssi_dbm) for r in otaa.receptions] == [(GW2, -80), (GW1, -70)]
+    device = registry.device(ABP_EUI)
+    assert (device.last_seen, device.last_fcnt, device.battery_mv) == (T0 + 9, 2, 2990)
+    assert registry.gateway(GW1).facts.last_seen == T0 + 4
+    assert registry.gateway(GW2).facts.last_seen == T0 + 6
