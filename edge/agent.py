@@ -69,7 +69,7 @@ from ..codecs.sealed import DeviceSession, open_session
 from ..codecs.signed import sign, verify
 from .backends import make_radio, make_wired_bus
 from .batcher import Batcher, SealedBatch
-from .config import EdgeConfig, GatewayKeys, load_keys
+from .config import EdgeConfig, GatewayKeys, load_keys, load_mqtt_password
 from .errors import EdgeError, RadioError
 from .health import AgentFigures, HealthSources, collect_health
 from .lorawan_proc import JoinRequestForward, LorawanProcessor, join_accept_tx
@@ -186,6 +186,8 @@ class EdgeAgent:
         self.counters = AgentCounters()
         self.control_connected = False
         self._keys = keys
+        #: The broker password (``[mqtt] password_file``), read when the agent starts.
+        self._mqtt_password: str | None = None
         self._health_sources = health_sources
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
@@ -263,6 +265,9 @@ class EdgeAgent:
     async def _run(self) -> None:
         config = self.config
         keys = self._keys if self._keys is not None else load_keys(config)
+        # Read once at start: a password file that cannot be read is a ConfigError now, not
+        # a refused CONNECT later.
+        self._mqtt_password = load_mqtt_password(config)
         state_dir = config.gateway.state_dir
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with StateDb.in_dir(state_dir, max_outbox_bytes=config.outbox.max_bytes) as state:
@@ -280,6 +285,7 @@ class EdgeAgent:
                 config.mqtt.port,
                 keepalive_s=config.mqtt.keepalive_s,
                 announce_gate=self._control_gate,
+                password=self._mqtt_password,
             )
 
             def backhaul_up() -> bool:
@@ -547,6 +553,7 @@ class EdgeAgent:
                 mqtt.port,
                 identifier=f"owlgate-gw-{self.gateway_id.hex()}-control",
                 username=self.gateway_id.hex(),
+                password=self._mqtt_password,
                 protocol=aiomqtt.ProtocolVersion.V311,
                 # Persistent: the broker keeps the subscription and queues what the fleet
                 # sends while this connection is down (MQTT 3.1.1 section 3.1.2.4).

@@ -45,6 +45,7 @@ __all__ = [
     "WiredSettings",
     "load_config",
     "load_keys",
+    "load_mqtt_password",
 ]
 
 ALL_SPREADING_FACTORS: Final[tuple[int, ...]] = (7, 8, 9, 10, 11, 12)
@@ -147,11 +148,14 @@ class RadioSettings:
 
 @dataclass(frozen=True, slots=True)
 class MqttSettings:
-    """``[mqtt]``: the fleet's broker."""
+    """``[mqtt]``: the fleet's broker. The gateway logs in with its id as user name and, when
+    ``password_file`` is set, the password in that file (read by :func:`load_mqtt_password`;
+    the file must be private to its owner, as the fleet's ``--password-out`` writes it)."""
 
     host: str
     port: int
     keepalive_s: int = DEFAULT_KEEPALIVE_S
+    password_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +311,9 @@ class _Section:
 
     def path(self, key: str, default: str | None = None) -> Path:
         return self.folder / Path(self.text(key, default)).expanduser()
+
+    def optional_path(self, key: str) -> Path | None:
+        return self.path(key) if key in self._table else None
 
     def done(self) -> None:
         if self._table:
@@ -515,8 +522,11 @@ def _mqtt(section: _Section) -> MqttSettings:
     ):
         raise section.fail("url", f"must be {wanted}, got {_show(url)}")
     keepalive = section.integer("keepalive_s", 5, 3600, DEFAULT_KEEPALIVE_S)
+    password_file = section.optional_path("password_file")
     section.done()
-    return MqttSettings(parts.hostname, DEFAULT_MQTT_PORT if port is None else port, keepalive)
+    return MqttSettings(
+        parts.hostname, DEFAULT_MQTT_PORT if port is None else port, keepalive, password_file
+    )
 
 
 def load_config(path: Path | str) -> EdgeConfig:
@@ -602,6 +612,41 @@ def _read_key(config: EdgeConfig, key: str, path: Path) -> bytes:
         raise ConfigError(
             str(config.path), "gateway", key, f"cannot read {path}: {err.strerror or err}"
         ) from err
+
+
+def load_mqtt_password(config: EdgeConfig) -> str | None:
+    """The broker password from ``[mqtt] password_file`` (None when the key is not set):
+    the file's one line, without its line ending. :class:`ConfigError` naming the key when the
+    file cannot be read, is empty, holds more than one line, or can be read by anyone but its
+    owner (``chmod 600`` it). The password is never shown."""
+    path = config.mqtt.password_file
+    if path is None:
+        return None
+    file = str(config.path)
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(
+            file, "mqtt", "password_file", f"cannot read {path}: {err.strerror or err}"
+        ) from err
+    if mode & 0o077:
+        raise ConfigError(
+            file,
+            "mqtt",
+            "password_file",
+            f"{path} can be read by others (mode {mode & 0o777:o}): chmod 600 {path}",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(file, "mqtt", "password_file", f"{path} is not UTF-8 text") from err
+    lines = text.splitlines()
+    if len(lines) != 1 or not lines[0]:
+        raise ConfigError(
+            file, "mqtt", "password_file", f"{path} must hold the password on one line"
+        )
+    return lines[0]
 
 
 def load_keys(config: EdgeConfig) -> GatewayKeys:

@@ -134,6 +134,10 @@ class Uplink:
 
     ``announce_gate``, when given, is awaited before each connection's ``online`` publish, for
     at most ``announce_wait_s`` (then ``online`` goes out anyway, with a warning).
+
+    ``password`` is the broker password the fleet issued for this gateway (user name: the
+    gateway id); None logs in without one, which only a broker without credentials accepts.
+    It is kept out of ``repr`` and logs.
     """
 
     def __init__(
@@ -152,6 +156,7 @@ class Uplink:
         rng: random.Random | None = None,
         announce_gate: Callable[[], Awaitable[object]] | None = None,
         announce_wait_s: float = DEFAULT_ANNOUNCE_WAIT_S,
+        password: str | None = None,
     ) -> None:
         if len(gateway_id) != 8:
             raise UplinkError(f"gateway_id must be 8 bytes (EUI-64), got {len(gateway_id)}")
@@ -176,6 +181,7 @@ class Uplink:
         self._rng = rng if rng is not None else random.Random()
         self._announce_gate = announce_gate
         self._announce_wait_s = announce_wait_s
+        self._password = password
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._client: aiomqtt.Client | None = None
@@ -315,8 +321,10 @@ class Uplink:
             self.host,
             self.port,
             identifier=f"owlgate-gw-{self.gateway_id.hex()}",
-            # The gateway id is its MQTT user name (the broker's ACL keys on it).
+            # The gateway id is its MQTT user name (the broker's ACL keys on it); the password
+            # is the one the fleet issued for it (``[mqtt] password_file``), if any.
             username=self.gateway_id.hex(),
+            password=self._password,
             protocol=aiomqtt.ProtocolVersion.V311,
             clean_session=True,
             will=aiomqtt.Will(self.state_topic, OFFLINE, qos=1, retain=True),

@@ -4,26 +4,56 @@ Without ``--broker`` the fleet starts amqtt in its own process on 127.0.0.1 (a f
 one is given), which is what a laptop demo and the embedded half of the test suite use.
 Production points ``--broker mqtt://host:port`` at Mosquitto or any other MQTT broker; the
 fleet's code is the same either way.
+
+**Access.** Given a :class:`~owlgate.fleet.brokerauth.PolicyHolder`, the embedded broker
+enforces the broker credentials the fleet issued (:mod:`owlgate.fleet.brokerauth`), as
+Mosquitto does with the files the fleet writes: :class:`PolicyAuthPlugin` checks the user
+name and password against the same ``$7$`` hashes, and :class:`PolicyTopicPlugin` applies the
+same ACL to every publish, subscription and delivery. While the holder's policy has no
+account (the demo default: nothing issued yet) every client is let in and may use every
+topic, as before credentials existed; once one account exists, anonymous clients and wrong
+passwords are refused at CONNECT and each account keeps to its topics. The policy is read on
+every check, so :meth:`~owlgate.fleet.brokerauth.PolicyHolder.update` takes effect for the
+next CONNECT, publish or subscription without a restart.
+
+**Silent clients.** A gateway whose power is cut sends nothing more, not even a TCP close; only
+the keep-alive tells, and the Last Will it left is what marks it offline. amqtt 0.12 reads
+from each client with a timeout of its keep-alive and then does nothing
+(``BrokerProtocolHandler.handle_read_timeout`` is empty), so a silent client was never cut
+and its Will never sent. :class:`SilenceCuttingHandler` gives a client 1.5 times its
+keep-alive, as MQTT 3.1.1 section 3.1.2.10 says a server must, and then closes the
+connection, which sends the Will.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
-from amqtt.broker import Broker  # type: ignore[import-untyped]
+from amqtt import broker as amqtt_broker  # type: ignore[import-untyped]
+from amqtt.broker import Action, Broker  # type: ignore[import-untyped]
 from amqtt.errors import BrokerError as AmqttBrokerError  # type: ignore[import-untyped]
-from amqtt.plugins.base import BaseAuthPlugin  # type: ignore[import-untyped]
+from amqtt.mqtt.protocol.broker_handler import (  # type: ignore[import-untyped]
+    BrokerProtocolHandler,
+)
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin  # type: ignore[import-untyped]
 from amqtt.session import Session  # type: ignore[import-untyped]
 
 from owlgate.codecs.errors import OwlgateError
 
+from .brokerauth import Action as AclAction
+from .brokerauth import PolicyHolder
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+#: A client silent for this many times its keep-alive is cut (MQTT 3.1.1 section 3.1.2.10).
+KEEPALIVE_GRACE = 1.5
 DEFAULT_MQTT_PORT = 1883
 _ACCEPTED = "mqtt://host:port (port optional, default 1883), e.g. mqtt://127.0.0.1:1883"
 
@@ -92,6 +122,117 @@ class LoopbackAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
         return True
 
 
+def _holder(plugin: Any) -> PolicyHolder:
+    holder = plugin.config.holder
+    if not isinstance(holder, PolicyHolder):
+        raise BrokerError("the embedded broker's access plugins need a PolicyHolder")
+    return holder
+
+
+class SilenceCuttingHandler(BrokerProtocolHandler):  # type: ignore[misc]
+    """amqtt's per-client protocol handler, cutting a client that stays silent for
+    :data:`KEEPALIVE_GRACE` times its keep-alive (see the module docstring)."""
+
+    @classmethod
+    async def init_from_connect(
+        cls, reader: Any, writer: Any, plugins_manager: Any, loop: Any = None
+    ) -> tuple[Any, Any]:
+        handler, session = await super().init_from_connect(
+            reader, writer, plugins_manager, loop=loop
+        )
+        # The handler's reader waits this long (asyncio.wait_for: seconds, a float is fine)
+        # for a packet before handle_read_timeout.
+        if session.keep_alive and session.keep_alive > 0:
+            session.keep_alive = session.keep_alive * KEEPALIVE_GRACE
+        return handler, session
+
+    def handle_read_timeout(self) -> None:
+        writer = self.writer
+        if writer is None or getattr(writer, "is_closed", False):
+            return
+        client = getattr(self.session, "client_id", "?")
+        log.info("embedded broker: %s silent past its keep-alive, closing it", client)
+        # Closing the connection ends the handler's reader, and the broker sends the Will.
+        self._closing = asyncio.get_running_loop().create_task(writer.close())
+
+
+# The broker builds each client's handler through this module attribute.
+amqtt_broker.BrokerProtocolHandler = SilenceCuttingHandler
+
+
+class PolicyAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
+    """Checks a CONNECT's user name and password against the holder's policy; lets every
+    client in while the policy has no account. Like :class:`LoopbackAuthPlugin` it never
+    marks a session anonymous, so persistent sessions keep their messages."""
+
+    @dataclass
+    class Config:
+        holder: Any = None
+
+    async def authenticate(self, *, session: Session) -> bool:
+        holder = _holder(self)
+        policy = holder.policy
+        if not policy.configured:
+            return True
+        if policy.authenticate(session.username, session.password):
+            will = session.will_topic if session.will_flag else None
+            # amqtt publishes a Will without asking the topic plugins: it is checked here, at
+            # CONNECT, as Mosquitto does, so a gateway cannot leave "offline" on another's
+            # state topic.
+            if will is None or policy.allows(session.username, "publish", will):
+                return True
+            log.warning(
+                "embedded broker refused client %r as %r: its Will is on %s, outside its ACL",
+                session.client_id,
+                session.username,
+                will,
+            )
+            holder.refused_logins += 1
+            return False
+        holder.refused_logins += 1
+        log.warning(
+            "embedded broker refused the login of client %r as %s",
+            session.client_id,
+            "an anonymous client" if not session.username else repr(session.username),
+        )
+        return False
+
+
+_ACTIONS: dict[Any, AclAction] = {
+    Action.PUBLISH: "publish",
+    Action.SUBSCRIBE: "subscribe",
+    Action.RECEIVE: "receive",
+}
+
+
+class PolicyTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
+    """Applies the holder's ACL to every publish, subscription (a refused one gets SUBACK
+    0x80) and delivery; allows everything while the policy has no account."""
+
+    @dataclass
+    class Config:
+        holder: Any = None
+
+    async def topic_filtering(
+        self, *, session: Session | None = None, topic: str | None = None, action: Any = None
+    ) -> bool:
+        holder = _holder(self)
+        policy = holder.policy
+        if not policy.configured:
+            return True
+        kind = _ACTIONS.get(action)
+        if session is None or topic is None or kind is None:
+            return False
+        if policy.allows(session.username, kind, topic):
+            return True
+        holder.denied += 1
+        # A delivery refused is routine (the fleet's wildcard topics cross every gateway's);
+        # a publish or subscription refused is a client trying what its ACL forbids.
+        level = logging.DEBUG if kind == "receive" else logging.WARNING
+        log.log(level, "embedded broker denied %s %s to %r", kind, topic, session.username)
+        return False
+
+
 class EmbeddedBroker:
     """amqtt running in this process on 127.0.0.1, as an async context manager.
 
@@ -101,11 +242,15 @@ class EmbeddedBroker:
     connects without a clean session keeps its session and its queued QoS 1 messages while it
     is away, in the broker's memory (:class:`LoopbackAuthPlugin`).
     A stopped broker can be started again on the same port (``start`` after ``stop``).
+
+    With ``policy`` the broker enforces the fleet's broker credentials and ACL instead
+    (:class:`PolicyAuthPlugin`, :class:`PolicyTopicPlugin`; see the module docstring).
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, policy: PolicyHolder | None = None) -> None:
         self.host = LOOPBACK
         self.port = free_port() if port is None else port
+        self.policy = policy
         self._broker: Broker | None = None
 
     @property
@@ -122,9 +267,15 @@ class EmbeddedBroker:
         """Start listening; BrokerError if the port is taken or amqtt refuses to start."""
         if self._broker is not None:
             return
+        plugins: dict[str, dict[str, object]] = {f"{__name__}.{LoopbackAuthPlugin.__name__}": {}}
+        if self.policy is not None:
+            plugins = {
+                f"{__name__}.{plugin.__name__}": {"holder": self.policy}
+                for plugin in (PolicyAuthPlugin, PolicyTopicPlugin)
+            }
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {f"{__name__}.{LoopbackAuthPlugin.__name__}": {}},
+            "plugins": plugins,
         }
         broker = Broker(config)
         try:

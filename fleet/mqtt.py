@@ -199,9 +199,14 @@ class MqttService(ABC):
         session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
         rng: random.Random | None = None,
         shared: bool = False,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        #: The fleet's broker account (:mod:`owlgate.fleet.brokerauth`); None: anonymous.
+        self.username = username
+        self._password = password
         self.mqtt5 = mqtt5
         #: Subscribe through MQTT 5 shared subscriptions (several fleet processes split the
         #: load). Off by default: Mosquitto 2.0 does not restore a persistent session's
@@ -280,6 +285,8 @@ class MqttService(ABC):
             self.host,
             self.port,
             identifier=f"{self.identifier}-probe",
+            username=self.username,
+            password=self._password,
             protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=True,
         ):
@@ -300,7 +307,14 @@ class MqttService(ABC):
             }
         else:
             options = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
-        client = aiomqtt.Client(self.host, self.port, identifier=self.identifier, **options)
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=self.identifier,
+            username=self.username,
+            password=self._password,
+            **options,
+        )
         if self.manual_ack:
             # Before connecting: a resumed session's messages may follow the CONNACK at once.
             paho_client(client).manual_ack_set(True)

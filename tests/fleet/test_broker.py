@@ -84,3 +84,75 @@ def test_a_taken_port_is_a_clear_error() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         asyncio.run(scenario(taken.getsockname()[1]))
+
+
+def _connect_packet(client_id: str, keepalive_s: int, will_topic: str, will: bytes) -> bytes:
+    """An MQTT 3.1.1 CONNECT with a clean session and a QoS 1 Will (section 3.1)."""
+
+    def field(data: bytes) -> bytes:
+        return len(data).to_bytes(2, "big") + data
+
+    body = field(b"MQTT") + bytes([4, 0x02 | 0x04 | 0x08]) + keepalive_s.to_bytes(2, "big")
+    body += field(client_id.encode()) + field(will_topic.encode()) + field(will)
+    assert len(body) < 128
+    return bytes([0x10, len(body)]) + body
+
+
+def test_a_silent_client_is_cut_after_one_and_a_half_keepalives_and_its_will_sent() -> None:
+    # A gateway whose power is cut: connected, then nothing, not even a TCP close.
+    keepalive_s = 2
+
+    async def scenario() -> tuple[bytes, float, bytes]:
+        loop = asyncio.get_running_loop()
+        async with (
+            EmbeddedBroker() as broker,
+            aiomqtt.Client(broker.host, broker.port, identifier="watch") as watch,
+        ):
+            await watch.subscribe("owlgate/v1/gw/+/state", qos=1)
+            reader, writer = await asyncio.open_connection(broker.host, broker.port)
+            try:
+                packet = _connect_packet(
+                    "silent", keepalive_s, "owlgate/v1/gw/b827ebfffe000001/state", b"offline"
+                )
+                writer.write(packet)
+                await writer.drain()
+                connack = await asyncio.wait_for(reader.readexactly(4), 10)
+                silent_since = loop.time()
+                async with asyncio.timeout(30):
+                    message = await anext(aiter(watch.messages))
+                cut_after = loop.time() - silent_since
+            finally:
+                writer.close()
+        assert isinstance(message.payload, bytes)
+        return connack, cut_after, message.payload
+
+    connack, cut_after, will = asyncio.run(scenario())
+    assert connack == b"\x20\x02\x00\x00"
+    assert will == b"offline"
+    # Not before the grace MQTT 3.1.1 section 3.1.2.10 gives a client.
+    assert cut_after >= keepalive_s * 1.5 - 0.1
+
+
+def test_a_client_that_pings_is_not_cut() -> None:
+    async def scenario() -> list[str]:
+        seen: list[str] = []
+        async with (
+            EmbeddedBroker() as broker,
+            aiomqtt.Client(broker.host, broker.port, identifier="watch") as watch,
+        ):
+            await watch.subscribe("owlgate/v1/gw/+/state", qos=1)
+            will = aiomqtt.Will("owlgate/v1/gw/b827ebfffe000001/state", b"offline", qos=1)
+            async with aiomqtt.Client(
+                broker.host, broker.port, identifier="alive", keepalive=1, will=will
+            ) as alive:
+                # Four keep-alive periods with nothing to say but PINGREQs; then a
+                # message of its own, which must be the first the watcher sees.
+                await asyncio.sleep(4)
+                await alive.publish("owlgate/v1/gw/b827ebfffe000001/state", b"online", qos=1)
+                async with asyncio.timeout(10):
+                    message = await anext(aiter(watch.messages))
+                assert isinstance(message.payload, bytes)
+                seen.append(message.payload.decode())
+        return seen
+
+    assert asyncio.run(scenario()) == ["online"]
