@@ -14,7 +14,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import codec_bench, e2e_bench, edge_bench, fleet_bench, offline_bench, serial_bench
+from . import (
+    api_bench,
+    codec_bench,
+    e2e_bench,
+    edge_bench,
+    fleet_bench,
+    offline_bench,
+    serial_bench,
+)
 from .figures import Figure
 
 SUITES = {
@@ -23,6 +31,7 @@ SUITES = {
     "fleet": fleet_bench.run,
     "e2e": e2e_bench.run,
     "offline": offline_bench.run,
+    "api": api_bench.run,
     "serial": serial_bench.run,
 }
 

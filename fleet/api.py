@@ -1,7 +1,12 @@
 """The fleet's HTTP API (FastAPI): read routes for operations, admin routes to register.
 
 Read routes live under ``/api/v1``; routes that change the registry under
-``/api/v1/admin``, so the authentication issue can protect that prefix with one dependency.
+``/api/v1/admin``. Every route states the roles it admits with
+:func:`owlgate.fleet.auth.requires` (bearer tokens; see ``docs/fleet-access.md``): reads are
+for ``operator`` and ``technician``, registering for ``technician``, the audit log and tokens
+for ``admin`` only (``admin`` is admitted everywhere). The roles are in the OpenAPI document
+too, as ``x-owlgate-roles`` on every operation. Registering a gateway or a device records an
+event in the audit log, in the same transaction as the change.
 Every listing is keyset-paginated: ``?limit=`` (1..1000, default 100) and ``?after=`` (the
 ``next`` cursor of the previous page). Errors are JSON: ``{"error": {"code", "message"}}``
 with 404 for an unknown id, 409 for a duplicate, 422 for a bad value. Secrets (AppKey,
@@ -14,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Protocol, runtime_checkable
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,9 +29,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from owlgate.codecs.payloads import PROFILES
 
+from . import audit
+from .auth import (
+    AuthError,
+    Principal,
+    Role,
+    TokenInfo,
+    add_roles_to_openapi,
+    auth_stats,
+    create_token,
+    refusal_before_validation,
+    requires,
+    revoke_token,
+    sql_of,
+    token_id_of,
+    token_info,
+    tokens,
+)
 from .health import HealthThresholds, assess
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render_metrics
+from .sql import Sql
 from .store import (
     DEFAULT_PAGE_LIMIT,
     MAX_PAGE_LIMIT,
@@ -41,8 +64,21 @@ from .store import (
     StoredReading,
 )
 
+if TYPE_CHECKING:
+    from .alerts import AlertConfig
+
 API_PREFIX = "/api/v1"
 ADMIN_PREFIX = "/api/v1/admin"
+
+#: Who may read the fleet's state (health, readings, profiles, counters).
+READERS: Final[tuple[Role, ...]] = ("operator", "technician")
+#: Who may register gateways and devices (the field technicians; admin too).
+REGISTRARS: Final[tuple[Role, ...]] = ("technician",)
+# Module-level, not local to create_app: FastAPI resolves ``Annotated[Principal, ...]`` in
+# the module's namespace.
+readers = requires(*READERS)
+registrars = requires(*REGISTRARS)
+admins = requires("admin")
 
 _HEX_EUI = r"^[0-9a-fA-F]{16}$"
 _HEX_KEY16 = r"^[0-9a-fA-F]{32}$"
@@ -74,6 +110,15 @@ class DeviceCreate(BaseModel):
     dev_addr: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{8}$")
     nwk_s_key: str | None = Field(default=None, pattern=_HEX_KEY16)
     app_s_key: str | None = Field(default=None, pattern=_HEX_KEY16)
+
+
+class TokenCreate(BaseModel):
+    """An API token to create: its role, a name saying who or what uses it, and optionally
+    how many days it is valid."""
+
+    role: Literal["admin", "operator", "technician"]
+    name: str = Field(min_length=1, max_length=200)
+    expires_days: float | None = Field(default=None, gt=0, le=3650)
 
 
 @runtime_checkable
@@ -113,9 +158,14 @@ def create_app(
     clock: Callable[[], float] = time.time,
     thresholds: HealthThresholds | None = None,
     lifespan: Any = None,
+    alerts: AlertConfig | None = None,
+    on_broker_change: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The API over ``store``. ``clock`` gives "now" for health states; ``lifespan`` is passed
-    to FastAPI, for the server to start background services (the MQTT ingest) beside it."""
+    to FastAPI, for the server to start background services (the MQTT ingest) beside it;
+    ``alerts`` is the alert configuration whose rules ``/api/v1/alert-rules`` shows;
+    ``on_broker_change`` runs after broker credentials changed (the server reloads the
+    broker's accounts there)."""
     app = FastAPI(
         title="owlgate fleet manager",
         version="1",
@@ -125,6 +175,23 @@ def create_app(
     limits = thresholds or HealthThresholds()
     started = clock()
     app.state.stats_sources = {}
+    app.state.store = store
+    app.state.clock = clock
+    register_stats(app, auth_stats(app))
+    add_roles_to_openapi(app)
+
+    def db() -> Sql:
+        # Looked up per call: the store's database is reached through ``store.sql``.
+        return sql_of(store)
+
+    @app.exception_handler(AuthError)
+    async def refused(request: Request, exc: AuthError) -> JSONResponse:
+        response = _error(exc.status, exc.code, exc.message, reason=exc.reason)
+        if exc.status == 401:
+            # RFC 6750 section 3: a 401 names the scheme, and why the token was refused.
+            error = "" if exc.reason == "missing" else ', error="invalid_token"'
+            response.headers["WWW-Authenticate"] = f'Bearer realm="owlgate"{error}'
+        return response
 
     @app.exception_handler(NotFoundError)
     async def not_found(request: Request, exc: NotFoundError) -> JSONResponse:
@@ -151,6 +218,9 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        auth_refusal = await refusal_before_validation(request)
+        if auth_refusal is not None:
+            return await refused(request, auth_refusal)
         # FastAPI's default body echoes the offending input, which may be a key: keep only
         # where and what.
         problems = [
@@ -220,25 +290,33 @@ def create_app(
             "description": profile.description,
         }
 
-    @app.get(f"{API_PREFIX}/gateways", summary="List gateways with their health state")
+    @app.get(
+        f"{API_PREFIX}/gateways",
+        dependencies=[readers],
+        summary="List gateways with their health state",
+    )
     def list_gateways(limit: Limit = DEFAULT_PAGE_LIMIT, after: After = None) -> dict[str, Any]:
         page = store.gateways(limit=limit, after=after)
         return {"items": [gateway_json(g) for g in page.items], "next": page.next}
 
-    @app.get(f"{API_PREFIX}/gateways/{{gateway_id}}", summary="One gateway")
+    @app.get(f"{API_PREFIX}/gateways/{{gateway_id}}", dependencies=[readers], summary="One gateway")
     def get_gateway(gateway_id: str) -> dict[str, Any]:
         return gateway_json(store.gateway(_id(gateway_id, "gateway")))
 
-    @app.get(f"{API_PREFIX}/nodes", summary="List sensor nodes (devices)")
+    @app.get(f"{API_PREFIX}/nodes", dependencies=[readers], summary="List sensor nodes (devices)")
     def list_nodes(limit: Limit = DEFAULT_PAGE_LIMIT, after: After = None) -> dict[str, Any]:
         page = store.devices(limit=limit, after=after)
         return {"items": [device_json(d) for d in page.items], "next": page.next}
 
-    @app.get(f"{API_PREFIX}/nodes/{{dev_eui}}", summary="One sensor node")
+    @app.get(f"{API_PREFIX}/nodes/{{dev_eui}}", dependencies=[readers], summary="One sensor node")
     def get_node(dev_eui: str) -> dict[str, Any]:
         return device_json(store.device(_id(dev_eui, "device")))
 
-    @app.get(f"{API_PREFIX}/nodes/{{dev_eui}}/readings", summary="A node's readings")
+    @app.get(
+        f"{API_PREFIX}/nodes/{{dev_eui}}/readings",
+        dependencies=[readers],
+        summary="A node's readings",
+    )
     def node_readings(
         dev_eui: str,
         since: Annotated[
@@ -249,13 +327,15 @@ def create_app(
     ) -> dict[str, Any]:
         eui = _id(dev_eui, "device")
         store.device(eui)
-        since_s = None
-        if since is not None:
-            since_s = (since if since.tzinfo else since.replace(tzinfo=UTC)).timestamp()
+        since_s = None if since is None else _seconds(since)
         page = store.readings(eui, since=since_s, limit=limit, after=after)
         return {"items": [reading_json(r) for r in page.items], "next": page.next}
 
-    @app.get(f"{API_PREFIX}/stats", summary="What this fleet process's services counted")
+    @app.get(
+        f"{API_PREFIX}/stats",
+        dependencies=[readers],
+        summary="What this fleet process's services counted",
+    )
     def stats() -> dict[str, Any]:
         sources: dict[str, StatsSource] = app.state.stats_sources
         return {
@@ -265,10 +345,13 @@ def create_app(
 
     @app.get(
         "/metrics",
+        dependencies=[readers],
         summary="Prometheus metrics: gateways by state, devices, ingest and control counters",
         response_class=PlainTextResponse,
     )
     def metrics() -> PlainTextResponse:
+        from .alerts import alert_counts
+
         sources: dict[str, StatsSource] = app.state.stats_sources
         text = render_metrics(
             store,
@@ -276,41 +359,173 @@ def create_app(
             now=clock(),
             started_at=started,
             thresholds=limits,
+            alert_counts=lambda counted: alert_counts(counted).items(),
         )
         return PlainTextResponse(text, media_type=METRICS_CONTENT_TYPE)
 
-    @app.get(f"{API_PREFIX}/profiles", summary="Device profiles (from the codec registry)")
+    @app.get(
+        f"{API_PREFIX}/profiles",
+        dependencies=[readers],
+        summary="Device profiles (from the codec registry)",
+    )
     def list_profiles() -> dict[str, Any]:
         return {"items": [profile_json(p) for p in store.profiles()], "next": None}
 
     @app.post(f"{ADMIN_PREFIX}/gateways", status_code=201, summary="Register a gateway")
-    def create_gateway(body: GatewayCreate) -> dict[str, Any]:
-        gateway = store.create_gateway(
-            body.id,
-            name=body.name,
-            sign_public_key=bytes.fromhex(body.sign_public_key),
-            seal_public_key=bytes.fromhex(body.seal_public_key),
-            created=clock(),
-        )
+    def create_gateway(
+        body: GatewayCreate, principal: Annotated[Principal, registrars]
+    ) -> dict[str, Any]:
+        now = clock()
+        with db().transaction() as tx:
+            gateway = store.create_gateway(
+                body.id,
+                name=body.name,
+                sign_public_key=bytes.fromhex(body.sign_public_key),
+                seal_public_key=bytes.fromhex(body.seal_public_key),
+                created=now,
+            )
+            audit.record_event(
+                tx,
+                actor=principal,
+                action="gateway.provisioned",
+                target=f"gateway:{gateway.id}",
+                details={"name": gateway.name, "via": "api"},
+                at=now,
+            )
         return gateway_json(gateway)
 
     @app.post(f"{ADMIN_PREFIX}/devices", status_code=201, summary="Register a device")
-    def create_device(body: DeviceCreate) -> dict[str, Any]:
-        device = store.create_device(
-            body.dev_eui,
-            profile_id=body.profile_id,
-            activation=body.activation,
-            created=clock(),
-            name=body.name,
-            join_eui=body.join_eui,
-            app_key=_bytes(body.app_key),
-            dev_addr=None if body.dev_addr is None else int(body.dev_addr, 16),
-            nwk_s_key=_bytes(body.nwk_s_key),
-            app_s_key=_bytes(body.app_s_key),
-        )
+    def create_device(
+        body: DeviceCreate, principal: Annotated[Principal, registrars]
+    ) -> dict[str, Any]:
+        now = clock()
+        with db().transaction() as tx:
+            device = store.create_device(
+                body.dev_eui,
+                profile_id=body.profile_id,
+                activation=body.activation,
+                created=now,
+                name=body.name,
+                join_eui=body.join_eui,
+                app_key=_bytes(body.app_key),
+                dev_addr=None if body.dev_addr is None else int(body.dev_addr, 16),
+                nwk_s_key=_bytes(body.nwk_s_key),
+                app_s_key=_bytes(body.app_s_key),
+            )
+            # Which keys were given, never their values.
+            audit.record_event(
+                tx,
+                actor=principal,
+                action="device.provisioned",
+                target=f"device:{device.dev_eui}",
+                details={
+                    "name": device.name,
+                    "profile_id": device.profile_id,
+                    "activation": device.activation,
+                    "via": "api",
+                },
+                at=now,
+            )
         return device_json(device)
 
+    @app.get(
+        f"{API_PREFIX}/audit",
+        dependencies=[admins],
+        summary="The audit log: who provisioned, exported, changed, acknowledged what",
+    )
+    def audit_log(
+        action: Annotated[
+            str | None,
+            Query(max_length=100, description="An action, or a family: 'token.*'"),
+        ] = None,
+        actor: Annotated[
+            str | None, Query(max_length=200, description="The actor's name or token id")
+        ] = None,
+        target: Annotated[
+            str | None, Query(max_length=200, description="e.g. 'device:0004a30b001c0530'")
+        ] = None,
+        since: Annotated[
+            datetime | None, Query(description="ISO 8601 time or Unix seconds, inclusive")
+        ] = None,
+        limit: Limit = DEFAULT_PAGE_LIMIT,
+        after: After = None,
+    ) -> dict[str, Any]:
+        page = audit.events(
+            db(),
+            action=action,
+            actor=actor,
+            target=target,
+            since=None if since is None else _seconds(since),
+            limit=limit,
+            after=after,
+        )
+        return {
+            "items": [
+                {
+                    "id": event.id,
+                    "at": _iso(event.at),
+                    "at_s": event.at,
+                    "actor": event.actor,
+                    "actor_token": event.actor_token,
+                    "actor_role": event.actor_role,
+                    "action": event.action,
+                    "target": event.target,
+                    "details": event.details,
+                }
+                for event in page.items
+            ],
+            "next": page.next,
+        }
+
+    def token_json(info: TokenInfo) -> dict[str, Any]:
+        return {
+            "id": info.id,
+            "name": info.name,
+            "role": info.role,
+            "state": info.state(clock()),
+            "created": _iso(info.created),
+            "expires_at": _iso(info.expires_at),
+            "revoked_at": _iso(info.revoked_at),
+            "last_used": _iso(info.last_used),
+        }
+
+    @app.get(f"{ADMIN_PREFIX}/tokens", dependencies=[admins], summary="List API tokens")
+    def list_tokens() -> dict[str, Any]:
+        return {"items": [token_json(t) for t in tokens(db())], "next": None}
+
+    @app.post(
+        f"{ADMIN_PREFIX}/tokens",
+        status_code=201,
+        summary="Create an API token (the token is in this answer only)",
+    )
+    def new_token(body: TokenCreate, principal: Annotated[Principal, admins]) -> dict[str, Any]:
+        now = clock()
+        expires = None if body.expires_days is None else now + body.expires_days * 86400.0
+        secret = create_token(
+            db(), role=body.role, name=body.name, expires_at=expires, actor=principal, now=now
+        )
+        info = token_info(db(), token_id_of(secret))
+        return {**token_json(info), "token": secret}
+
+    @app.delete(f"{ADMIN_PREFIX}/tokens/{{token_id}}", summary="Revoke an API token")
+    def delete_token(token_id: str, principal: Annotated[Principal, admins]) -> dict[str, Any]:
+        return token_json(revoke_token(db(), token_id.lower(), actor=principal, now=clock()))
+
+    # The feature routers import this module inside router(), so these imports are here.
+    from . import alerts as alerts_module
+    from . import brokerauth, bulk, export, views
+
+    app.include_router(alerts_module.router(alerts))
+    app.include_router(views.router())
+    app.include_router(bulk.router())
+    app.include_router(export.router())
+    app.include_router(brokerauth.router(on_change=on_broker_change))
     return app
+
+
+def _seconds(moment: datetime) -> float:
+    """A query time as Unix seconds; a time without a zone is UTC."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _id(text: str, what: str) -> str:
@@ -324,6 +539,8 @@ def _id(text: str, what: str) -> str:
 __all__ = [
     "ADMIN_PREFIX",
     "API_PREFIX",
+    "READERS",
+    "REGISTRARS",
     "FleetError",
     "StatsSource",
     "create_app",

@@ -20,7 +20,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -34,12 +34,24 @@ from fastapi import FastAPI
 from owlgate.codecs.errors import OwlgateError
 from owlgate.codecs.payloads import PROFILES
 
+from .alerts import AlertConfig, AlertConfigError, alert_service_factory
+from .alerts import load_config as load_alert_config
 from .api import StatsSource, create_app, register_stats
 from .broker import BrokerError, EmbeddedBroker, parse_broker_url
-from .control import control_service
+from .brokerauth import (
+    FLEET_ACCOUNT,
+    PolicyHolder,
+    ephemeral_fleet_account,
+    load_policy,
+    reload_mosquitto,
+    write_mosquitto_files,
+)
+from .control import ControlService, control_service
+from .export import DEFAULT_RETENTION_INTERVAL_S, RetentionPolicy, retention_service
 from .ingest import DEFAULT_VERIFY_WORKERS, ingest_service
 from .joinserver import dev_addr_prefix
 from .mqtt import InstanceNameError, check_instance, default_instance
+from .sql import is_postgres_url, redacted
 from .store import FleetError, Store
 from .vault import KeyVault, VaultError
 
@@ -56,6 +68,8 @@ DEFAULT_KEYS_DIR = "gateway-keys"
 MANIFEST_FILE = "emulator-secrets.json"
 #: The fleet's key-encryption key, under ``KEYS_DIR`` beside the database.
 KEK_FILE = "fleet-kek.json"
+#: The admin API token ``seed`` writes beside the database, for the demo.
+ADMIN_TOKEN_FILE = "admin-token"
 
 #: A background service: given the store, an async context manager that runs while serving.
 Service = Callable[[Store], AbstractAsyncContextManager[object]]
@@ -73,9 +87,20 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
-def default_kek_file(db: Path) -> Path:
+def db_folder(db: str | Path) -> Path:
+    """The "DB folder" the defaults of the key files are relative to: the SQLite file's
+    folder, or the current directory for a ``postgresql://`` URL."""
+    return Path.cwd() if is_postgres_url(db) else Path(db).parent
+
+
+def shown_db(db: str | Path) -> str:
+    """``db`` for messages: a URL without its password."""
+    return redacted(str(db)) if is_postgres_url(db) else str(db)
+
+
+def default_kek_file(db: str | Path) -> Path:
     """Where the KEK is looked for (and ``seed`` creates it) when no option names one."""
-    return db.parent / DEFAULT_KEYS_DIR / KEK_FILE
+    return db_folder(db) / DEFAULT_KEYS_DIR / KEK_FILE
 
 
 def fresh_kek_id() -> str:
@@ -105,7 +130,7 @@ KekEnvOption = Annotated[
 
 
 def load_vault(
-    db: Path, kek_file: Path | None, kek_env: str | None, *, create: bool = False
+    db: str | Path, kek_file: Path | None, kek_env: str | None, *, create: bool = False
 ) -> KeyVault:
     """The vault for ``db``: from ``kek_env`` if given, else from ``kek_file`` (default
     :func:`default_kek_file`), created with a new KEK when missing and ``create``. A one-line
@@ -130,22 +155,46 @@ def load_vault(
         _fail(f"--kek-file {path}: {err.strerror or err}")
 
 
-def _open_store(db: Path, vault: KeyVault) -> Store:
-    if str(db) != ":memory:" and not db.parent.is_dir():
-        _fail(f"--db {db}: folder {db.parent} does not exist")
+DbOption = Annotated[
+    str,
+    typer.Option(
+        "--db",
+        metavar="FILE|URL",
+        help="the fleet database: a SQLite file, or a postgresql://USER@HOST:PORT/NAME URL "
+        "(password from PGPASSWORD or ~/.pgpass)",
+    ),
+]
+
+
+def _check_db_folder(db: str) -> None:
+    if db != ":memory:" and not is_postgres_url(db) and not Path(db).parent.is_dir():
+        _fail(f"--db {db}: folder {Path(db).parent} does not exist")
+
+
+def _open_store(db: str | Path, vault: KeyVault | None) -> Store:
+    """The store at ``db`` (a SQLite file or a ``postgresql://`` URL), migrated; a one-line
+    error and exit 2 when it cannot be opened."""
+    _check_db_folder(str(db))
     try:
-        return Store(db, vault=vault)
+        return Store(db if is_postgres_url(db) else Path(db), vault=vault)
     except (OwlgateError, OSError) as err:
-        _fail(f"--db {db}: {err}")
+        _fail(f"--db {shown_db(db)}: {err}")
 
 
 def build_server(
-    store: Store, *, host: str, port: int, services: Sequence[Service] = ()
+    store: Store,
+    *,
+    host: str,
+    port: int,
+    services: Sequence[Service] = (),
+    alerts: AlertConfig | None = None,
+    on_broker_change: Callable[[], None] | None = None,
 ) -> uvicorn.Server:
     """The uvicorn server for :func:`owlgate.fleet.api.create_app` over ``store``, entering
     each of ``services`` at startup and leaving them, in reverse order, at shutdown. A service
     that counts what it does (:class:`~owlgate.fleet.api.StatsSource`) shows its counters in
-    ``GET /api/v1/stats``."""
+    ``GET /api/v1/stats`` and ``/metrics`` (the control service's join server too).
+    ``alerts`` and ``on_broker_change`` go to :func:`~owlgate.fleet.api.create_app`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -154,9 +203,11 @@ def build_server(
                 running = await stack.enter_async_context(service(store))
                 if isinstance(running, StatsSource):
                     register_stats(app, running)
+                if isinstance(running, ControlService):
+                    register_stats(app, running.control.join_server)
             yield
 
-    app = create_app(store, lifespan=lifespan)
+    app = create_app(store, lifespan=lifespan, alerts=alerts, on_broker_change=on_broker_change)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on")
     return uvicorn.Server(config)
 
@@ -178,6 +229,15 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerLogin:
+    """How the fleet's own MQTT clients log in: anonymously (no ``username``), or with the
+    fleet's broker account (:mod:`owlgate.fleet.brokerauth`)."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
 def broker_services(
     broker: str | None,
     signing_key: Ed25519PrivateKey,
@@ -185,18 +245,22 @@ def broker_services(
     instance: str | None = None,
     verify_workers: int = DEFAULT_VERIFY_WORKERS,
     shared: bool = False,
+    policy: PolicyHolder | None = None,
+    login: BrokerLogin | None = None,
 ) -> tuple[list[Service], str]:
     """The services that give the fleet its MQTT side, and the broker URL gateways use.
 
-    Without ``broker``: an embedded broker on a free loopback port, then the ingest and the
-    control service (joins, device sessions; what it sends is signed with ``signing_key``)
-    on it. With ``mqtt://host:port``: the same two on that broker (Mosquitto or any other).
-    Both connect under persistent sessions named after ``instance`` (default: the host
-    name; see :func:`owlgate.fleet.mqtt.client_id`), through MQTT 5 shared subscriptions
-    when ``shared``."""
+    Without ``broker``: an embedded broker on a free loopback port, enforcing ``policy``
+    (the broker credentials and ACL) when given, then the ingest and the control service
+    (joins, device sessions; what it sends is signed with ``signing_key``) on it. With
+    ``mqtt://host:port``: the same two on that broker (Mosquitto or any other). Both connect
+    under persistent sessions named after ``instance`` (default: the host name; see
+    :func:`owlgate.fleet.mqtt.client_id`), through MQTT 5 shared subscriptions when
+    ``shared``, logged in as ``login`` says."""
+    login = login or BrokerLogin()
     embedded = None
     if broker is None:
-        embedded = EmbeddedBroker()
+        embedded = EmbeddedBroker(policy=policy)
         host, port = embedded.host, embedded.port
     else:
         try:
@@ -211,16 +275,80 @@ def broker_services(
             return running
 
         services.append(start_broker)
+    # The embedded broker (amqtt) speaks MQTT 3.1.1 only, and never answers an MQTT 5 CONNECT
+    # that carries a user name: no probe for MQTT 5 there.
+    mqtt5 = embedded is None
     services.append(
-        ingest_service(host, port, instance=instance, verify_workers=verify_workers, shared=shared)
+        ingest_service(
+            host,
+            port,
+            mqtt5=mqtt5,
+            instance=instance,
+            verify_workers=verify_workers,
+            shared=shared,
+            username=login.username,
+            password=login.password,
+        )
     )
-    services.append(control_service(host, port, signing_key, instance=instance, shared=shared))
+    services.append(
+        control_service(
+            host,
+            port,
+            signing_key,
+            mqtt5=mqtt5,
+            instance=instance,
+            shared=shared,
+            username=login.username,
+            password=login.password,
+        )
+    )
     return services, f"mqtt://{host}:{port}"
+
+
+def read_secret_file(path: Path, option: str) -> str:
+    """The one line of a secret file (a password), refused with a one-line error and exit 2
+    when it cannot be read, is empty or longer than a line, or others may read it."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        _fail(f"{option} {path}: {getattr(err, 'strerror', None) or err}")
+    if mode & 0o077:
+        _fail(f"{option} {path}: others may read it (mode {mode & 0o777:o}): chmod 600 {path}")
+    lines = text.splitlines()
+    if len(lines) != 1 or not lines[0]:
+        _fail(f"{option} {path}: it must hold the password on one line")
+    return lines[0]
+
+
+def broker_change_hook(
+    store: Store, policy: PolicyHolder | None, files: Path | None, pid: int | None
+) -> Callable[[], None] | None:
+    """What runs after broker credentials change through the API: the embedded broker's
+    ``policy`` is reloaded from the database; for Mosquitto the password and ACL files are
+    written again into ``files`` and the broker ``pid`` told to reload (SIGHUP)."""
+    if policy is not None:
+        holder = policy
+
+        def reload_embedded() -> None:
+            holder.reload(store.sql)
+
+        return reload_embedded
+    if files is None:
+        return None
+    folder = files
+
+    def rewrite() -> None:
+        write_mosquitto_files(load_policy(store.sql), folder)
+        if pid is not None:
+            reload_mosquitto(pid)
+
+    return rewrite
 
 
 @fleet_command.command("serve")
 def serve(
-    db: Annotated[Path, typer.Option("--db", help="SQLite database file")] = Path(DEFAULT_DB),
+    db: DbOption = DEFAULT_DB,
     host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
     http_port: Annotated[
         int, typer.Option("--http-port", help="HTTP port (0: any free port)")
@@ -269,11 +397,72 @@ def serve(
             "over its restarts (Mosquitto 2.0 does not: see docs/fleet.md)",
         ),
     ] = False,
+    mqtt_username: Annotated[
+        str,
+        typer.Option(
+            "--mqtt-username", help="the fleet's broker account, with --mqtt-password-file"
+        ),
+    ] = FLEET_ACCOUNT,
+    mqtt_password_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--mqtt-password-file",
+            metavar="FILE",
+            help="log in to --broker with this password (one line, mode 0600): the fleet "
+            "account's, from `owlgate fleet broker fleet-account`",
+        ),
+    ] = None,
+    broker_files: Annotated[
+        Path | None,
+        typer.Option(
+            "--broker-files",
+            metavar="DIR",
+            help="keep Mosquitto's password and ACL files in DIR up to date (written at "
+            "start and whenever credentials change through the API)",
+        ),
+    ] = None,
+    broker_pid: Annotated[
+        int | None,
+        typer.Option(
+            "--broker-pid",
+            metavar="PID",
+            help="with --broker-files: send this Mosquitto SIGHUP after writing them",
+        ),
+    ] = None,
+    alerts_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--alerts-config",
+            metavar="FILE",
+            help="alert rules and notification channels, TOML (docs/fleet-alerts.md) "
+            "[the default rules, no notifications]",
+        ),
+    ] = None,
+    retention_raw_days: Annotated[
+        float | None,
+        typer.Option(
+            "--retention-raw-days",
+            metavar="N",
+            help="roll readings older than N days up into hourly aggregates [off]",
+        ),
+    ] = None,
+    retention_rollup_days: Annotated[
+        float | None,
+        typer.Option(
+            "--retention-rollup-days",
+            metavar="M",
+            help="with --retention-raw-days: delete rollups older than M days [kept]",
+        ),
+    ] = None,
+    retention_interval_s: Annotated[
+        float,
+        typer.Option("--retention-interval-s", metavar="S", help="run the retention job every S"),
+    ] = DEFAULT_RETENTION_INTERVAL_S,
     kek_file: KekFileOption = None,
     kek_env: KekEnvOption = None,
 ) -> None:
-    """Run the fleet manager: the HTTP API (OpenAPI at /openapi.json), the MQTT ingest, and
-    joins and device sessions over MQTT."""
+    """Run the fleet manager: the HTTP API (OpenAPI at /openapi.json), the MQTT ingest,
+    joins and device sessions over MQTT, alerts, and retention when asked."""
     if not 0 <= http_port <= 65535:
         _fail(f"--http-port must be 0 .. 65535, got {http_port}")
     if not 0 <= verify_workers <= 64:
@@ -282,22 +471,77 @@ def serve(
         instance = check_instance(default_instance() if instance is None else instance)
     except InstanceNameError as err:
         _fail(f"--instance: {err.message}")
-    if str(db) != ":memory:" and not db.parent.is_dir():
-        _fail(f"--db {db}: folder {db.parent} does not exist")
-    key = load_signing_key(signing_key or db.parent / DEFAULT_KEYS_DIR / FLEET_SIGNING_KEY_FILE)
+    _check_db_folder(db)
+    if broker is None and (mqtt_password_file or broker_files or broker_pid):
+        _fail("--mqtt-password-file, --broker-files and --broker-pid go with --broker")
+    if broker_pid is not None and broker_files is None:
+        _fail("--broker-pid needs --broker-files")
+    if retention_rollup_days is not None and retention_raw_days is None:
+        _fail("--retention-rollup-days needs --retention-raw-days")
+    try:
+        alert_rules = load_alert_config(alerts_config)
+        retention = (
+            None
+            if retention_raw_days is None
+            else retention_service(
+                RetentionPolicy(raw_days=retention_raw_days, rollup_days=retention_rollup_days),
+                interval_s=retention_interval_s,
+            )
+        )
+    except (AlertConfigError, FleetError) as err:
+        _fail(err.message)
+    key = load_signing_key(signing_key or db_folder(db) / DEFAULT_KEYS_DIR / FLEET_SIGNING_KEY_FILE)
     vault = load_vault(db, kek_file, kek_env)
+    login = BrokerLogin()
+    if mqtt_password_file is not None:
+        login = BrokerLogin(
+            mqtt_username, read_secret_file(mqtt_password_file, "--mqtt-password-file")
+        )
+    store = _open_store(db, vault)
+    policy = None
+    if broker is None:
+        # The embedded broker enforces the credentials issued in the database (none: open,
+        # the demo default); this process's own services log in with an account that
+        # exists only in its memory.
+        account, password = ephemeral_fleet_account()
+        policy = PolicyHolder(load_policy(store.sql), extra_accounts=[account])
+        login = BrokerLogin(account.username, password)
+    elif broker_files is not None:
+        try:
+            written = write_mosquitto_files(load_policy(store.sql), broker_files)
+            if broker_pid is not None:
+                reload_mosquitto(broker_pid)
+        except (OwlgateError, OSError) as err:
+            store.close()
+            _fail(f"--broker-files {broker_files}: {err}")
+        typer.echo(f"Mosquitto files: {written.password_file}, {written.acl_file}")
     services, url = broker_services(
         broker,
         key,
         instance=instance,
         verify_workers=verify_workers,
         shared=shared_subscriptions,
+        policy=policy,
+        login=login,
     )
-    store = _open_store(db, vault)
+    services.append(alert_service_factory(alert_rules))
+    if retention is not None:
+        services.append(retention)
     typer.echo(f"MQTT broker: {url}" + (" (embedded)" if broker is None else ""))
     typer.echo(f"fleet instance: {instance}")
+    typer.echo(
+        "every API route needs a bearer token: "
+        "owlgate fleet token create --db DB --role ROLE --name NAME"
+    )
     try:
-        build_server(store, host=host, port=http_port, services=services).run()
+        build_server(
+            store,
+            host=host,
+            port=http_port,
+            services=services,
+            alerts=alert_rules,
+            on_broker_change=broker_change_hook(store, policy, broker_files, broker_pid),
+        ).run()
     finally:
         store.close()
 
@@ -441,7 +685,14 @@ def seed_fleet(
 
 @fleet_command.command("seed")
 def seed(
-    db: Annotated[Path, typer.Option("--db", help="SQLite database file (created if new)")],
+    db: Annotated[
+        str,
+        typer.Option(
+            "--db",
+            metavar="FILE|URL",
+            help="the fleet database: a SQLite file (created if new), or a postgresql:// URL",
+        ),
+    ],
     gateways: Annotated[int, typer.Option("--gateways", help="gateways to register")] = 1,
     nodes: Annotated[int, typer.Option("--nodes", help="devices to register")] = 4,
     keys_dir: Annotated[
@@ -464,21 +715,21 @@ def seed(
     """Fill a fleet database for a demo: gateways with fresh keys, devices over every profile."""
     if gateways < 0 or nodes < 0:
         _fail("--gateways and --nodes must not be negative")
-    keys_dir = keys_dir or db.parent / DEFAULT_KEYS_DIR
-    manifest = manifest or db.parent / MANIFEST_FILE
+    keys_dir = keys_dir or db_folder(db) / DEFAULT_KEYS_DIR
+    manifest = manifest or db_folder(db) / MANIFEST_FILE
     if not manifest.parent.is_dir():
         _fail(f"--manifest {manifest}: folder {manifest.parent} does not exist")
-    if not db.parent.is_dir():
-        _fail(f"--db {db}: folder {db.parent} does not exist")
-    if kek_env is None and db.exists() and not (kek_file or default_kek_file(db)).exists():
+    _check_db_folder(db)
+    exists = is_postgres_url(db) or Path(db).exists()
+    if kek_env is None and exists and not (kek_file or default_kek_file(db)).exists():
         # A new KEK for a database whose keys are wrapped under another would only leave a
         # useless KEK file behind: say which one it needs instead.
-        with Store(db) as existing:
+        with _open_store(db, None) as existing:
             needed = existing.kek_ids_in_use()
         if needed:
             _fail(
-                f"--db {db}: its keys are wrapped under KEK {', '.join(sorted(needed))}; "
-                "give that KEK with --kek-file or --kek-env"
+                f"--db {shown_db(db)}: its keys are wrapped under KEK "
+                f"{', '.join(sorted(needed))}; give that KEK with --kek-file or --kek-env"
             )
     store = _open_store(db, load_vault(db, kek_file, kek_env, create=True))
     try:
@@ -490,6 +741,13 @@ def seed(
             seed=seed_value,
             now=time.time(),
         )
+        # An admin API token for the demo (every route needs one) beside the emulator
+        # secrets, kept when seeding again.
+        token_file = manifest.parent / ADMIN_TOKEN_FILE
+        if not token_file.exists():
+            from .cli_auth import write_admin_token
+
+            write_admin_token(store, token_file)
     except OwlgateError as err:
         _fail(str(err))
     except OSError as err:
@@ -498,7 +756,7 @@ def seed(
         store.close()
     document = {
         "warning": "EMULATOR SECRETS: device keys for emulated devices; never use in production",
-        "db": str(db),
+        "db": shown_db(db),
         "fleet_signing_key": seeded.signing_key,
         "gateways": seeded.gateways,
         "devices": seeded.devices,
@@ -506,16 +764,17 @@ def seed(
     _write_private(manifest, (json.dumps(document, indent=2) + "\n").encode())
     abp = sum(1 for device in seeded.devices if device["activation"] == "abp")
     typer.echo(
-        f"seeded {db}: {len(seeded.gateways)} gateways (private keys under {keys_dir}, the "
-        f"fleet's signing key in {seeded.signing_key}), "
+        f"seeded {shown_db(db)}: {len(seeded.gateways)} gateways (private keys under "
+        f"{keys_dir}, the fleet's signing key in {seeded.signing_key}), "
         f"{len(seeded.devices)} devices ({abp} ABP, {len(seeded.devices) - abp} OTAA) over "
-        f"profiles {', '.join(sorted(PROFILES))}; emulator secrets in {manifest} (mode 0600)"
+        f"profiles {', '.join(sorted(PROFILES))}; emulator secrets in {manifest} (mode 0600); "
+        f"an admin API token in {token_file} (mode 0600)"
     )
 
 
 @fleet_command.command("rotate-kek")
 def rotate_kek(
-    db: Annotated[Path, typer.Option("--db", help="SQLite database file")],
+    db: DbOption,
     new_kek_file: Annotated[
         Path,
         typer.Option(
@@ -536,7 +795,7 @@ def rotate_kek(
     kek_env: KekEnvOption = None,
 ) -> None:
     """Re-wrap every device key under a new key-encryption key, in one transaction."""
-    if not db.is_file():
+    if not is_postgres_url(db) and not Path(db).is_file():
         _fail(f"--db {db}: no such database file")
     old = load_vault(db, kek_file, kek_env)
     # Opening checks the old KEK against what is stored (RFC 3394 integrity check), so a
@@ -558,10 +817,22 @@ def rotate_kek(
         try:
             count = store.rewrap_keys(new.with_older([old]))
         except OwlgateError as err:
-            _fail(f"--db {db}: {err}")
+            _fail(f"--db {shown_db(db)}: {err}")
     finally:
         store.close()
     typer.echo(
-        f"re-wrapped {count} keys in {db} under KEK {new.key_id!r} ({new_kek_file}); "
+        f"re-wrapped {count} keys in {shown_db(db)} under KEK {new.key_id!r} ({new_kek_file}); "
         f"the old KEK {old.key_id!r} is no longer needed"
     )
+
+
+# The sub-command groups of the fleet's features; each module imports this one for its
+# helpers (--db, the vault), so they are mounted after everything above is defined.
+from .cli_auth import audit_command, token_command  # noqa: E402
+from .cli_broker import broker_command  # noqa: E402
+from .cli_data import data_command  # noqa: E402
+
+fleet_command.add_typer(token_command)
+fleet_command.command("audit")(audit_command)
+fleet_command.add_typer(broker_command)
+fleet_command.add_typer(data_command)

@@ -287,7 +287,8 @@ class Control:
         except JoinError as err:
             reason = _refusal(err)
             self.counters.refuse(reason)
-            log.info("join via %s refused (%s): %s", gateway, reason, err.message)
+            # The join server has logged the refusal (rate-limited); this says which gateway.
+            log.debug("join via %s refused (%s): %s", gateway, reason, err.message)
             answer = JoinAnswer(forward.token, refusal=reason)
             return [self._signed(gateway, "join/accept", encode_join_answer(answer))]
         except LorawanError as err:
@@ -367,6 +368,8 @@ class ControlService(MqttService):
         session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
         rng: random.Random | None = None,
         shared: bool = False,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         super().__init__(
             host,
@@ -377,6 +380,8 @@ class ControlService(MqttService):
             session_expiry_s=session_expiry_s,
             rng=rng,
             shared=shared,
+            username=username,
+            password=password,
         )
         self.control = control
 
@@ -466,11 +471,14 @@ def control_service(
     settings: JoinSettings | None = None,
     instance: str | None = None,
     shared: bool = False,
+    username: str | None = None,
+    password: str | None = None,
 ) -> Callable[[Store], AbstractAsyncContextManager[ControlService]]:
     """A fleet service (see :func:`owlgate.fleet.cli.build_server`) running joins and device
     sessions over MQTT, signing what it sends with ``signing_key``, under the persistent
     session of fleet instance ``instance`` (default: the host name), sharing the ``join``
-    subscription when ``shared``."""
+    subscription when ``shared``, logged in as ``username`` (the fleet's broker account)
+    when given."""
 
     def service(store: Store) -> ControlService:
         return ControlService(
@@ -480,6 +488,8 @@ def control_service(
             mqtt5=mqtt5,
             instance=instance,
             shared=shared,
+            username=username,
+            password=password,
         )
 
     return service

@@ -16,6 +16,42 @@ The subscription is plain by default. With ``shared`` (``owlgate fleet serve
 section 4.8.2) so several fleet processes split the load; see
 :attr:`owlgate.fleet.mqtt.MqttService.shared` for why that is not the default.
 
+Every message refused is counted under one reason (``rejected`` in ``GET /api/v1/stats``,
+``owlgate_fleet_ingest_rejected_total{reason=...}`` in ``GET /metrics``) and logged in one line,
+at most :data:`LOG_BURST` lines per reason per :data:`LOG_WINDOW_S` (a flood cannot fill the
+log; what was left out is counted in the next line). The reasons (:data:`REASONS`):
+
+- ``topic``: not ``owlgate/v1/gw/{16 hex digits}/{telemetry,health,state}``;
+- ``unknown_gateway``: the gateway is not registered;
+- ``state``: a ``state`` payload other than ``online`` or ``offline``;
+- ``garbage``: not well-formed CBOR at all; anyone who can publish can send it, so it says
+  nothing about the gateway;
+- ``truncated``: well-formed CBOR up to where it ends too early: the start of a message
+  whose end is missing;
+- ``signature``: not signed, or not by the gateway: well-formed CBOR that is no COSE_Sign1
+  (an unsigned batch), or a COSE_Sign1 that does not verify with the gateway's registered
+  key (forged, tampered, signed by another gateway);
+- ``malformed``: signed by the gateway's key, but the content is not a telemetry batch or
+  health message: a broken or incompatible agent, not an outsider;
+- ``wrong_gateway``: signed content that names another gateway than its topic;
+- ``replayed``: a health message that is not newer than the last one stored for the gateway
+  (its ``seq`` is not higher and its ``time_s`` not later: an agent that restarted counts
+  from 0 again but with a later time, and is accepted). The same health message delivered
+  twice (same ``seq`` and ``time_s``, as after a fleet crash before its PUBACK) is not a
+  refusal: it is counted in ``health_duplicates``. Telemetry has no ``replayed``: a batch
+  whose ``(gateway, seq)`` is already stored is counted in ``batch_duplicates`` and stores
+  nothing, and since the ``batches`` table is never pruned, every replayed batch lands
+  there, however old;
+- ``absurd``: a health message with values no gateway can report (:class:`Plausibility`:
+  a time far from the fleet's clock, memory or disk used above the total, a CPU temperature
+  outside -60 .. 150 degC, a machine up for less time than its agent);
+- ``absurd_reading``: one reading of a batch with a value no sensor or radio can give (a
+  time far from the fleet's clock, RSSI or SNR outside what LoRa can receive, an impossible
+  battery voltage, temperature or humidity). Only that reading is dropped: the batch is
+  signed by the gateway, so its other readings are as trustworthy as ever, and dropping the
+  whole batch would lose them; the batch is stored (and its ``seq`` recorded) without it;
+- ``store``: the database refused the content (a reading it cannot hold).
+
 How a message travels (:class:`IngestService`):
 
 1. **receive**: each message is registered, in arrival order, for its PUBACK.
@@ -44,7 +80,6 @@ import logging
 import multiprocessing
 import os
 import random
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -58,12 +93,14 @@ from typing import Final, Literal
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from owlgate.codecs.errors import OwlgateError
+from owlgate.codecs.errors import CborError, CodecError, OwlgateError
 from owlgate.codecs.health import Health, decode_health
-from owlgate.codecs.node.telemetry import Batch, decode_batch
+from owlgate.codecs.node.telemetry import Batch, Reading, decode_batch
 from owlgate.codecs.signed import verify
 
+from .metrics import RateLimitedLog
 from .mqtt import DEFAULT_SESSION_EXPIRY_S, Delivery, MqttService, PubackQueue
+from .sql import DatabaseFault
 from .store import (
     FleetError,
     IncomingBatch,
@@ -100,6 +137,25 @@ RECEIVE_MAXIMUM: Final = 500
 PARENT_POLL_S: Final = 1.0
 STORE_RETRY_INITIAL_S: Final = 0.2
 STORE_RETRY_MAX_S: Final = 10.0
+#: Refusal lines logged per reason per window, at most (see the module docstring).
+LOG_BURST: Final = 20
+LOG_WINDOW_S: Final = 60.0
+
+#: Every reason a message (or, ``absurd_reading``, one reading) is refused for.
+REASONS: Final = (
+    "topic",
+    "unknown_gateway",
+    "state",
+    "garbage",
+    "truncated",
+    "signature",
+    "malformed",
+    "wrong_gateway",
+    "replayed",
+    "absurd",
+    "absurd_reading",
+    "store",
+)
 
 Kind = Literal["telemetry", "health", "state"]
 _KINDS: Final[dict[str, Kind]] = {"telemetry": "telemetry", "health": "health", "state": "state"}
@@ -107,16 +163,19 @@ _KINDS: Final[dict[str, Kind]] = {"telemetry": "telemetry", "health": "health", 
 
 @dataclass(slots=True)
 class IngestCounters:
-    """What the ingest did since it started; ``rejected`` by reason. ``transactions`` counts
-    the transactions committed, ``store_retries`` the ones the database failed and that were
-    tried again. Verification and storing run in different worker threads: change the counts
-    only through the methods, which hold a lock."""
+    """What the ingest did since it started; ``rejected`` by reason (:data:`REASONS`).
+    ``transactions`` counts the transactions committed, ``store_retries`` the ones the
+    database failed and that were tried again, ``health_duplicates`` health messages
+    delivered a second time (not refused, not stored again). Verification and storing
+    run in different worker threads: change the counts only through the methods, which hold
+    a lock."""
 
     batches: int = 0
     readings_stored: int = 0
     duplicates_merged: int = 0
     batch_duplicates: int = 0
     health: int = 0
+    health_duplicates: int = 0
     states: int = 0
     reconnects: int = 0
     transactions: int = 0
@@ -124,12 +183,18 @@ class IngestCounters:
     rejected: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: str, count: int = 1) -> None:
         with self._lock:
-            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+            self.rejected[reason] = self.rejected.get(reason, 0) + count
 
     def committed(
-        self, results: Sequence[StoreResult], *, health: int, states: int, rejected: Sequence[str]
+        self,
+        results: Sequence[StoreResult],
+        *,
+        health: int,
+        states: int,
+        rejected: Sequence[str],
+        health_duplicates: int = 0,
     ) -> None:
         """One transaction committed: its batches, health and state messages, refusals."""
         with self._lock:
@@ -140,6 +205,7 @@ class IngestCounters:
                 self.readings_stored += result.stored
                 self.duplicates_merged += result.duplicates_merged
             self.health += health
+            self.health_duplicates += health_duplicates
             self.states += states
             for reason in rejected:
                 self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -160,6 +226,7 @@ class IngestCounters:
                 "duplicates_merged": self.duplicates_merged,
                 "batch_duplicates": self.batch_duplicates,
                 "health": self.health,
+                "health_duplicates": self.health_duplicates,
                 "states": self.states,
                 "reconnects": self.reconnects,
                 "transactions": self.transactions,
@@ -182,6 +249,142 @@ class Rejected(OwlgateError):
         return Rejected, (self.reason, self.message)
 
 
+_DAY_S: Final = 86_400
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plausibility:
+    """What a gateway or a sensor can report at all; outside it a value is ``absurd``.
+
+    Times are checked against the fleet's receive time: a gateway's clock may be off by
+    hours (local time taken for UTC), and its outbox may hold readings for weeks of backhaul
+    outage, but a reading from next week or from 1970 (an unset clock) is no measurement.
+    RSSI and SNR: an SX130x concentrator reports RSSI down to about -140 dBm, and LoRa
+    demodulates down to -20 dB SNR (SF12); the margins cover other radios. The value
+    ranges are physical: no battery cell of a sensor node exceeds 20 V, no outdoor
+    temperature leaves -90 .. 150 degC."""
+
+    future_s: float = 1.0 * _DAY_S
+    past_s: float = 366.0 * _DAY_S
+    rssi_dbm: tuple[int, int] = (-160, 20)
+    snr_db: tuple[float, float] = (-40.0, 40.0)
+    battery_mv: tuple[int, int] = (1, 20_000)
+    temperature_c: tuple[float, float] = (-90.0, 150.0)
+    humidity_pct: tuple[float, float] = (0.0, 100.0)
+    cpu_temp_c: tuple[float, float] = (-60.0, 150.0)
+    #: A machine's uptime measured a little after its agent's: slack for that, in seconds.
+    uptime_slack_s: int = 5
+
+
+DEFAULT_PLAUSIBILITY: Final = Plausibility()
+
+
+def _outside(value: float, bounds: tuple[float, float]) -> bool:
+    return not bounds[0] <= value <= bounds[1]
+
+
+def _absurd_time(time_s: float, received_at: float, limits: Plausibility) -> str | None:
+    if time_s > received_at + limits.future_s:
+        return f"time {time_s:.0f} is {time_s - received_at:.0f} s ahead of the fleet's clock"
+    if time_s < received_at - limits.past_s:
+        return f"time {time_s:.0f} is {received_at - time_s:.0f} s behind the fleet's clock"
+    return None
+
+
+def absurd_reading(
+    reading: Reading, received_at: float, limits: Plausibility = DEFAULT_PLAUSIBILITY
+) -> str | None:
+    """Why ``reading`` cannot be a measurement, or None if it can."""
+    why = _absurd_time(reading.time_s, received_at, limits)
+    if why is not None:
+        return why
+    if reading.rssi_dbm is not None and _outside(reading.rssi_dbm, limits.rssi_dbm):
+        return f"RSSI {reading.rssi_dbm} dBm is outside {limits.rssi_dbm}"
+    if reading.snr_db is not None and _outside(reading.snr_db, limits.snr_db):
+        return f"SNR {reading.snr_db} dB is outside {limits.snr_db}"
+    values = reading.values
+    for name, bounds in (
+        ("battery_mv", limits.battery_mv),
+        ("temperature_c", limits.temperature_c),
+        ("humidity_pct", limits.humidity_pct),
+    ):
+        value = values.get(name)
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and _outside(value, bounds)
+        ):
+            return f"{name} {value} is outside {bounds}"
+    return None
+
+
+_NUMBERS: Final = (int, float)
+
+
+def plausible_readings(
+    readings: Sequence[Reading], received_at: float, limits: Plausibility = DEFAULT_PLAUSIBILITY
+) -> tuple[list[Reading], list[str]]:
+    """``readings`` split into those kept and, for each one dropped, why
+    (:func:`absurd_reading`). The same judgement, with the limits read once per batch rather
+    than once per reading: this runs for every reading the fleet receives."""
+    earliest, latest = received_at - limits.past_s, received_at + limits.future_s
+    rssi_low, rssi_high = limits.rssi_dbm
+    snr_low, snr_high = limits.snr_db
+    battery_low, battery_high = limits.battery_mv
+    temperature_low, temperature_high = limits.temperature_c
+    humidity_low, humidity_high = limits.humidity_pct
+    kept: list[Reading] = []
+    dropped: list[str] = []
+    for index, item in enumerate(readings):
+        rssi, snr, values = item.rssi_dbm, item.snr_db, item.values
+        battery = values.get("battery_mv")
+        temperature = values.get("temperature_c")
+        humidity = values.get("humidity_pct")
+        if (
+            earliest <= item.time_s <= latest
+            and (rssi is None or rssi_low <= rssi <= rssi_high)
+            and (snr is None or snr_low <= snr <= snr_high)
+            # (A bool passes isinstance as 0 or 1; absurd_reading, below, leaves it alone.)
+            and (not isinstance(battery, _NUMBERS) or battery_low <= battery <= battery_high)
+            and (
+                not isinstance(temperature, _NUMBERS)
+                or temperature_low <= temperature <= temperature_high
+            )
+            and (not isinstance(humidity, _NUMBERS) or humidity_low <= humidity <= humidity_high)
+        ):
+            kept.append(item)
+            continue
+        why = absurd_reading(item, received_at, limits)
+        if why is None:
+            kept.append(item)
+        else:
+            dropped.append(f"reading {index} ({item.dev_eui.hex()}): {why}")
+    return kept, dropped
+
+
+def absurd_health(
+    health: Health, received_at: float, limits: Plausibility = DEFAULT_PLAUSIBILITY
+) -> str | None:
+    """Why ``health`` cannot come from a working gateway, or None if it can."""
+    why = _absurd_time(health.time_s, received_at, limits)
+    if why is not None:
+        return why
+    if health.cpu_temp_c is not None and _outside(health.cpu_temp_c, limits.cpu_temp_c):
+        return f"CPU temperature {health.cpu_temp_c} degC is outside {limits.cpu_temp_c}"
+    for what, used, total in (
+        ("memory", health.mem_used_bytes, health.mem_total_bytes),
+        ("disk", health.disk_used_bytes, health.disk_total_bytes),
+    ):
+        if used is not None and total is not None and used > total:
+            return f"{what} used ({used} bytes) is above the total ({total} bytes)"
+    if health.agent_uptime_s > health.uptime_s + limits.uptime_slack_s:
+        return (
+            f"the agent has been up {health.agent_uptime_s} s, longer than the machine"
+            f" ({health.uptime_s} s)"
+        )
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Verified:
     """A message that passed :meth:`Ingest.prepare`: what to store, and when it arrived."""
@@ -197,6 +400,8 @@ class Verified:
     rows: Sequence[ReadingRow] = field(default=(), repr=False)
     health: Health | None = field(default=None, repr=False)
     online: bool = False
+    #: Telemetry: why each reading dropped as ``absurd_reading`` was (not in ``rows``).
+    absurd: tuple[str, ...] = ()
 
     @property
     def readings(self) -> int:
@@ -215,6 +420,7 @@ class Signed:
     payload: bytes = field(repr=False)
     key: bytes = field(repr=False)
     received_at: float
+    limits: Plausibility = DEFAULT_PLAUSIBILITY
 
 
 #: Public keys a process has already loaded, by their raw bytes.
@@ -233,26 +439,43 @@ def verify_signed(message: Signed) -> Verified:
             _PUBLIC_KEYS.clear()
         key = _PUBLIC_KEYS[message.key] = Ed25519PublicKey.from_public_bytes(message.key)
     gateway = message.gateway
+    if not message.payload:
+        raise Rejected("garbage", f"empty {message.kind} message on {gateway}'s topic")
     try:
         content = verify(message.payload, key).payload
-    except OwlgateError as err:
-        raise Rejected("signature", f"from gateway {gateway}: {err}") from err
+    except CborError as err:
+        raise Rejected(
+            _unreadable(err), f"{message.kind} on {gateway}'s topic is not CBOR: {err}"
+        ) from err
+    except CodecError as err:
+        # SignatureError (does not verify), SchemaError (CBOR, but no COSE_Sign1: unsigned).
+        raise Rejected("signature", f"{message.kind} from gateway {gateway}: {err}") from err
     if message.kind == "health":
-        return Verified(
-            message.topic,
-            gateway,
-            "health",
-            message.received_at,
-            health=_health(gateway, content),
-        )
+        health = _health(gateway, content)
+        why = absurd_health(health, message.received_at, message.limits)
+        if why is not None:
+            raise Rejected("absurd", f"health from {gateway}: {why}")
+        return Verified(message.topic, gateway, "health", message.received_at, health=health)
     batch = _batch(gateway, content)
+    kept, absurd = plausible_readings(batch.readings, message.received_at, message.limits)
     try:
-        rows = reading_rows(batch.readings)
+        rows = reading_rows(kept)
     except FleetError as err:
         raise Rejected("store", f"telemetry from {gateway}: {err}") from err
     return Verified(
-        message.topic, gateway, "telemetry", message.received_at, seq=batch.seq, rows=rows
+        message.topic,
+        gateway,
+        "telemetry",
+        message.received_at,
+        seq=batch.seq,
+        rows=rows,
+        absurd=tuple(f"batch {batch.seq}, {why}" for why in absurd),
     )
+
+
+def _unreadable(err: CborError) -> str:
+    """``truncated`` for CBOR that ends too early, ``garbage`` for bytes that are not CBOR."""
+    return "truncated" if err.message.startswith("truncated") else "garbage"
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -324,13 +547,22 @@ class Ingest:
     """Verifies gateway messages (:meth:`prepare`) and stores them, several per transaction
     (:meth:`write`), against ``store``; synchronous (see :class:`IngestService` for the MQTT
     side). :meth:`handle` does both for one message. ``clock`` gives the fleet's receive
-    time. Counters: :attr:`counters` (:meth:`IngestCounters.as_dict`)."""
+    time, which ``plausibility`` judges the messages' own times against. Counters:
+    :attr:`counters` (:meth:`IngestCounters.as_dict`)."""
 
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        plausibility: Plausibility = DEFAULT_PLAUSIBILITY,
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.plausibility = plausibility
         self.counters = IngestCounters()
         self._keys: dict[str, bytes] = {}
+        self.refusal_log = RateLimitedLog(log, burst=LOG_BURST, window_s=LOG_WINDOW_S)
 
     def _key(self, gateway: str) -> bytes:
         key = self._keys.get(gateway)
@@ -345,7 +577,20 @@ class Ingest:
     def refused(self, topic: str, err: Rejected) -> None:
         """Count and log a refusal."""
         self.counters.reject(err.reason)
-        log.warning("rejected %s: %s", topic, err.message)
+        self._log_refusal(topic, err)
+
+    def _log_refusal(self, topic: str, err: Rejected) -> None:
+        self.refusal_log.warning(err.reason, "rejected %s (%s): %s", topic, err.reason, err.message)
+
+    def accepted(self, item: Verified) -> Verified:
+        """Count and log the readings a verified batch dropped as absurd; ``item`` back."""
+        if item.absurd:
+            self.counters.reject("absurd_reading", len(item.absurd))
+            for why in item.absurd:
+                self.refusal_log.warning(
+                    "absurd_reading", "dropped from %s (absurd_reading): %s", item.topic, why
+                )
+        return item
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Verify and store one message in a transaction of its own; :class:`Rejected`
@@ -366,17 +611,36 @@ class Ingest:
             if payload not in (b"online", b"offline"):
                 raise Rejected("state", f"state of {gateway} is neither online nor offline")
             return Verified(topic, gateway, kind, received_at, online=payload == b"online")
-        return Signed(topic, gateway, kind, payload, self._key(gateway), received_at)
+        return Signed(
+            topic, gateway, kind, payload, self._key(gateway), received_at, self.plausibility
+        )
 
     def prepare(self, topic: str, payload: bytes) -> Verified:
         """:meth:`admit` and :func:`verify_signed` in this process: the message ready to
         store, or :class:`Rejected` (already counted and logged)."""
         try:
             admitted = self.admit(topic, payload)
-            return admitted if isinstance(admitted, Verified) else verify_signed(admitted)
+            if isinstance(admitted, Verified):
+                return admitted
+            return self.accepted(verify_signed(admitted))
         except Rejected as err:
             self.refused(topic, err)
             raise
+
+    def _health_order(
+        self, gateway: str, health: Health
+    ) -> Literal["new", "duplicate", "replayed"]:
+        """How ``health`` compares with the last health message stored for ``gateway``
+        (read in the caller's transaction, so two fleet processes agree)."""
+        last = _health_seen(self.store.gateway(gateway).last_health)
+        if last is None:
+            return "new"
+        seq, time_s = last
+        if (health.seq, health.time_s) == (seq, time_s):
+            return "duplicate"
+        if health.seq <= seq and health.time_s <= time_s:
+            return "replayed"
+        return "new"
 
     def write(self, items: Sequence[Verified]) -> list[Rejected | None]:
         """Store ``items`` in one transaction; per item, None if stored (or a duplicate) or
@@ -384,13 +648,14 @@ class Ingest:
 
         An item that cannot be stored is rolled back alone (a savepoint each) and refused
         for good, with reason ``store`` (``unknown_gateway`` for a gateway no longer
-        registered). A fault of the database itself (``sqlite3.Error`` out of the
-        transaction) stores nothing, counts nothing, and is raised: the caller tries again.
+        registered). A fault of the database itself (a
+        :class:`~owlgate.fleet.sql.DatabaseFault` out of the transaction) stores nothing,
+        counts nothing, and is raised: the caller tries again.
         """
         outcomes: list[Rejected | None] = [None] * len(items)
         telemetry = [(index, item) for index, item in enumerate(items) if item.seq is not None]
         stored: list[StoreResult] = []
-        health = states = 0
+        health = states = health_duplicates = 0
         with self.store.transaction():
             results = self.store.record_batches(
                 [
@@ -415,6 +680,17 @@ class Ingest:
                 try:
                     # Each call is a savepoint of its own inside this transaction.
                     if item.health is not None:
+                        order = self._health_order(item.gateway, item.health)
+                        if order == "replayed":
+                            outcomes[index] = Rejected(
+                                "replayed",
+                                f"health {item.health.seq} of {item.gateway} (time"
+                                f" {item.health.time_s}) is not newer than the last one stored",
+                            )
+                            continue
+                        if order == "duplicate":
+                            health_duplicates += 1
+                            continue
                         self.store.record_health(
                             item.gateway, item.health, received_at=item.received_at
                         )
@@ -436,13 +712,24 @@ class Ingest:
             health=health,
             states=states,
             rejected=[refusal.reason for _, refusal in refused],
+            health_duplicates=health_duplicates,
         )
         for item, refusal in refused:
-            log.warning("rejected %s: %s", item.topic, refusal.message)
+            self._log_refusal(item.topic, refusal)
         for result, (_, item) in zip(results, telemetry, strict=True):
             if isinstance(result, StoreResult) and result.batch_duplicate:
                 log.info("batch %s of %s was already stored", item.seq, item.gateway)
         return outcomes
+
+
+def _health_seen(last: object) -> tuple[int, int] | None:
+    """``(seq, time_s)`` of the last health message the store kept, if it kept one."""
+    if not isinstance(last, dict):
+        return None
+    seq, time_s = last.get("seq"), last.get("time_s")
+    if isinstance(seq, int) and isinstance(time_s, int):
+        return seq, time_s
+    return None
 
 
 def subscriptions(shared: bool) -> list[str]:
@@ -457,6 +744,9 @@ class _Waiting:
     def __init__(self) -> None:
         self._items: deque[tuple[Delivery, str, bytes]] = deque()
         self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def put(self, delivery: Delivery, topic: str, payload: bytes) -> None:
         self._items.append((delivery, topic, payload))
@@ -516,6 +806,8 @@ class IngestService(MqttService):
         verify_workers: int = DEFAULT_VERIFY_WORKERS,
         rng: random.Random | None = None,
         shared: bool = False,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         super().__init__(
             host,
@@ -526,6 +818,8 @@ class IngestService(MqttService):
             session_expiry_s=session_expiry_s,
             rng=rng,
             shared=shared,
+            username=username,
+            password=password,
         )
         self.ingest = ingest
         self.max_readings = max_readings
@@ -533,6 +827,15 @@ class IngestService(MqttService):
         self.verify_workers = verify_workers
         self._pool: ProcessPoolExecutor | None = None
         self._turns = asyncio.Lock()
+        # The queues of the current connection, for stats(); None between connections.
+        self._queues: (
+            tuple[
+                _Waiting,
+                asyncio.Queue[list[tuple[Delivery, Verified | None]]],
+                PubackQueue,
+            ]
+            | None
+        ) = None
 
     def topics(self, mqtt5: bool) -> list[tuple[str, int]]:
         return [(topic, 1) for topic in subscriptions(mqtt5 and self.shared)]
@@ -541,8 +844,19 @@ class IngestService(MqttService):
         self.ingest.counters.reconnect()
 
     def stats(self) -> dict[str, object]:
-        """The ingest's counters now (``GET /api/v1/stats``)."""
-        return self.ingest.counters.as_dict()
+        """The ingest's counters now (``GET /api/v1/stats``), and under ``gauges`` its queue
+        depths (:func:`owlgate.fleet.metrics.render_metrics` shows them as gauges):
+        ``waiting_messages`` received and not yet verified, ``verified_groups`` groups of
+        verified messages waiting for the database, ``unacknowledged_messages`` received and
+        not yet acknowledged (bounded by the Receive Maximum)."""
+        counters = self.ingest.counters.as_dict()
+        queues = self._queues
+        counters["gauges"] = {
+            "waiting_messages": 0 if queues is None else len(queues[0]),
+            "verified_groups": 0 if queues is None else queues[1].qsize(),
+            "unacknowledged_messages": 0 if queues is None else len(queues[2]),
+        }
+        return counters
 
     async def run(self) -> None:
         try:
@@ -583,6 +897,7 @@ class IngestService(MqttService):
         # sees PUBACKs (Receive Maximum), and verifying never waits for the database, so a
         # refusal is logged (and its PUBACK ready) however long a transaction takes.
         verified: asyncio.Queue[list[tuple[Delivery, Verified | None]]] = asyncio.Queue()
+        self._queues = (waiting, verified, acks)
         tasks = [
             asyncio.create_task(self._receive(client, acks, waiting), name="owlgate-ingest-rx"),
             asyncio.create_task(self._verify(waiting, verified), name="owlgate-ingest-verify"),
@@ -595,6 +910,7 @@ class IngestService(MqttService):
                 task.cancel()
             # Whatever was not committed stays unacknowledged: the broker sends it again.
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._queues = None
         for task in done:
             task.result()  # the end of the connection (MqttError), or a fault of a stage
 
@@ -605,8 +921,7 @@ class IngestService(MqttService):
             # Typed bytes, but paho hands over whatever it decoded: checked, not trusted.
             payload: object = message.payload
             if not isinstance(payload, bytes | bytearray):
-                self.ingest.counters.reject("malformed")
-                log.warning("rejected %s: payload is not bytes", topic)
+                self.ingest.refused(topic, Rejected("garbage", "the payload is not bytes"))
                 acks.settle(delivery)
                 continue
             waiting.put(delivery, topic, bytes(payload))
@@ -645,7 +960,7 @@ class IngestService(MqttService):
                     self.ingest.refused(topic, outcome)
                     item = None
                 else:
-                    item = outcome
+                    item = self.ingest.accepted(outcome)
             result.append((delivery, item))
         return result
 
@@ -690,7 +1005,7 @@ class IngestService(MqttService):
                 async with self._turn():
                     await asyncio.to_thread(self.ingest.write, items)
                 return
-            except sqlite3.Error as err:
+            except DatabaseFault as err:
                 # Nothing of the transaction was stored, so nothing is acknowledged: the same
                 # messages are tried again; later ones wait behind them (their PUBACKs could
                 # not overtake these anyway, MQTT 3.1.1 section 4.6).
@@ -713,10 +1028,13 @@ def ingest_service(
     instance: str | None = None,
     verify_workers: int = DEFAULT_VERIFY_WORKERS,
     shared: bool = False,
+    username: str | None = None,
+    password: str | None = None,
 ) -> Callable[[Store], AbstractAsyncContextManager[IngestService]]:
     """A fleet service (see :func:`owlgate.fleet.cli.build_server`) running the ingest under
     the persistent session of fleet instance ``instance`` (default: the host name), through
-    shared subscriptions when ``shared``."""
+    shared subscriptions when ``shared``, logged in as ``username`` (the fleet's broker
+    account) when given."""
 
     def service(store: Store) -> IngestService:
         return IngestService(
@@ -727,6 +1045,8 @@ def ingest_service(
             instance=instance,
             verify_workers=verify_workers,
             shared=shared,
+            username=username,
+            password=password,
         )
 
     return service

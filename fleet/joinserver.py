@@ -5,12 +5,26 @@ the session and returns the encrypted join accept for the gateway to send as a d
 the new session sealed to each gateway that must decode the device's uplinks
 (:mod:`owlgate.codecs.sealed`). The order of checks matters: the MIC is verified before the
 DevNonce is recorded, so someone without the AppKey cannot use up a device's nonces.
+
+Every join request refused is counted by reason (:attr:`JoinServer.counters`; shown as
+``owlgate_fleet_join_rejected_total{reason=...}`` once the server registers the join server's
+stats) and logged in one line, at most :data:`LOG_BURST` per reason per :data:`LOG_WINDOW_S`
+(a flood of forged joins cannot fill the log). The reasons (:data:`JOIN_REASONS`):
+
+- ``garbage``: not a join request at all (empty, or an MHDR other than ``00``);
+- ``wrong_length``: a join request MHDR, but not the 23 bytes of one (LoRaWAN 1.0.3 6.2.4);
+- ``unknown_device``: no OTAA device with that DevEUI and JoinEUI (or without an AppKey);
+- ``mic``: the MIC does not verify with the device's AppKey (forged, or the wrong key);
+- ``dev_nonce_reused``: the device already used this DevNonce: a replayed join request;
+- ``address_space``: no DevAddr or JoinNonce left to give (the network's fault, not the
+  device's; counted so that it is seen).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -19,6 +33,7 @@ from owlgate.codecs.errors import LorawanError, MicError
 from owlgate.codecs.lorawan import AesKey, JoinAccept, JoinRequest, derive_session_keys
 from owlgate.codecs.sealed import DeviceSession, seal_session
 
+from .metrics import RateLimitedLog
 from .store import ConflictError, FleetError, NotFoundError, Store, eui_hex
 
 log = logging.getLogger(__name__)
@@ -30,6 +45,21 @@ EU868_RX1_DR_OFFSET: Final = 0
 EU868_RX2_DATA_RATE: Final = 0
 EU868_RX_DELAY_S: Final = 1
 _JOIN_NONCE_END: Final = 1 << 24
+#: LoRaWAN 1.0.3 section 6.2.4: MHDR, JoinEUI, DevEUI, DevNonce, MIC.
+JOIN_REQUEST_LENGTH: Final = 23
+_MHDR_JOIN_REQUEST: Final = 0x00
+#: Refusal lines logged per reason per window, at most.
+LOG_BURST: Final = 20
+LOG_WINDOW_S: Final = 60.0
+#: Every reason a join request is refused for (see the module docstring).
+JOIN_REASONS: Final = (
+    "garbage",
+    "wrong_length",
+    "unknown_device",
+    "mic",
+    "dev_nonce_reused",
+    "address_space",
+)
 
 
 class JoinError(FleetError):
@@ -50,6 +80,64 @@ class DevNonceReusedError(JoinError):
 
 class AddressSpaceError(JoinError):
     """No free DevAddr left in the NetID's range, or a NetID type this server does not handle."""
+
+
+class JoinFrameError(LorawanError):
+    """Bytes that are not a join request (``reason`` ``garbage``) or not one of the right
+    length (``wrong_length``). A :class:`LorawanError`, not a :class:`JoinError`: there is no
+    device to answer."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+#: The counter each refusal goes to.
+_REASON_OF: Final[tuple[tuple[type[Exception], str], ...]] = (
+    (UnknownDeviceError, "unknown_device"),
+    (JoinMicError, "mic"),
+    (DevNonceReusedError, "dev_nonce_reused"),
+    (AddressSpaceError, "address_space"),
+)
+
+
+@dataclass(slots=True)
+class JoinCounters:
+    """What the join server did since it started: ``accepted`` joins, ``rejected`` by reason
+    (:data:`JOIN_REASONS`). Joins may be handled in several threads: change the counts only
+    through the methods, which hold a lock."""
+
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def accept(self) -> None:
+        with self._lock:
+            self.accepted += 1
+
+    def reject(self, reason: str) -> None:
+        with self._lock:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def as_dict(self) -> dict[str, object]:
+        with self._lock:
+            return {"accepted": self.accepted, "rejected": dict(self.rejected)}
+
+
+def parse_join_request(phy: bytes) -> JoinRequest:
+    """``phy`` as a join request, or :class:`JoinFrameError` saying whether it is no join
+    request at all or one of the wrong length."""
+    if not phy or phy[0] != _MHDR_JOIN_REQUEST:
+        first = "nothing" if not phy else f"MHDR {phy[0]:02x}"
+        raise JoinFrameError("garbage", f"not a join request ({len(phy)} bytes, {first})")
+    if len(phy) != JOIN_REQUEST_LENGTH:
+        raise JoinFrameError(
+            "wrong_length", f"a join request is {JOIN_REQUEST_LENGTH} bytes, got {len(phy)}"
+        )
+    try:
+        return JoinRequest.from_bytes(phy)
+    except LorawanError as err:
+        raise JoinFrameError("garbage", f"not a join request: {err.message}") from err
 
 
 def dev_addr_prefix(net_id: int) -> tuple[int, int]:
@@ -132,7 +220,11 @@ def device_session(store: Store, dev_eui: str | bytes) -> DeviceSession:
 
 
 class JoinServer:
-    """Handles OTAA join requests against the registry in ``store``."""
+    """Handles OTAA join requests against the registry in ``store``; a
+    :class:`~owlgate.fleet.api.StatsSource` (its counters under ``join``)."""
+
+    #: The name its counters go under (``GET /api/v1/stats``, ``GET /metrics``).
+    name = "join"
 
     def __init__(
         self,
@@ -144,6 +236,12 @@ class JoinServer:
         self.store = store
         self.settings = settings or JoinSettings()
         self._random_below = random_below
+        self.counters = JoinCounters()
+        self.refusal_log = RateLimitedLog(log, burst=LOG_BURST, window_s=LOG_WINDOW_S)
+
+    def stats(self) -> dict[str, object]:
+        """The join server's counters now."""
+        return self.counters.as_dict()
 
     def _allocate(self, in_use: Callable[[int], bool]) -> int:
         prefix, bits = dev_addr_prefix(self.settings.net_id)
@@ -158,9 +256,27 @@ class JoinServer:
         )
 
     def join(self, phy: bytes, *, at: float, gateway_ids: Sequence[str | bytes] = ()) -> JoinResult:
-        """Accept a join request PHYPayload or raise a :class:`JoinError` (or LorawanError if
-        the bytes are not a join request). ``gateway_ids`` get the new session sealed."""
-        request = JoinRequest.from_bytes(phy)
+        """Accept a join request PHYPayload or raise a :class:`JoinError` (or
+        :class:`JoinFrameError` if the bytes are not a join request), counted and logged.
+        ``gateway_ids`` get the new session sealed."""
+        try:
+            result = self._join(phy, at=at, gateway_ids=gateway_ids)
+        except JoinFrameError as err:
+            self._refused(err.reason, err.message)
+            raise
+        except JoinError as err:
+            reason = next((r for kind, r in _REASON_OF if isinstance(err, kind)), "refused")
+            self._refused(reason, err.message)
+            raise
+        self.counters.accept()
+        return result
+
+    def _refused(self, reason: str, message: str) -> None:
+        self.counters.reject(reason)
+        self.refusal_log.warning(reason, "join request refused (%s): %s", reason, message)
+
+    def _join(self, phy: bytes, *, at: float, gateway_ids: Sequence[str | bytes]) -> JoinResult:
+        request = parse_join_request(phy)
         dev_eui = f"{request.dev_eui:016x}"
         join_eui = f"{request.join_eui:016x}"
         try:

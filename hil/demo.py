@@ -240,7 +240,8 @@ def _stored(client: httpx.Client, euis: list[str]) -> dict[str, list[dict[str, A
             params: dict[str, Any] = {"limit": 500}
             if after is not None:
                 params["after"] = after
-            page = client.get(f"/api/v1/nodes/{eui}/readings", params=params).json()
+            page = client.get(f"/api/v1/nodes/{eui}/readings", params=params)
+            page = page.raise_for_status().json()
             items.extend(page["items"])
             after = page.get("next")
             if not after:
@@ -291,6 +292,16 @@ def run_demo(
     (workdir / "seed.log").write_text(seeded.stdout + seeded.stderr)
     if seeded.returncode != 0:
         raise DemoFailed(f"fleet seed failed: {seeded.stderr.strip()}")
+    # The API wants a bearer token: an operator's (reads only), written 0600 for the demo.
+    token_file = workdir / "operator-token"
+    minted = subprocess.run(
+        [sys.executable, "-m", MODULE, "fleet", "token", "create", "--db", str(db),
+         "--role", "operator", "--name", "demo", "--out", str(token_file)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if minted.returncode != 0:
+        raise DemoFailed(f"fleet token create failed: {minted.stderr.strip()}")
+    api_token = token_file.read_text().strip()
     manifest_path = workdir / "emulator-secrets.json"
     manifest = json.loads(manifest_path.read_text())
     euis = [d["dev_eui"] for d in manifest["devices"]]
@@ -339,6 +350,7 @@ def run_demo(
             edges.append(edge)
         console.print(f"API: [bold]{api_url}[/]  (e.g. {api_url}/api/v1/nodes)")
         console.print(f"broker: {mqtt_url}; work folder and logs: {workdir}")
+        console.print(f"API token (operator): {token_file}")
         # Devices start when every gateway has its radio configured and the fleet's device
         # sessions: a frame heard before that could not be decoded yet.
         for edge in edges:
@@ -347,7 +359,11 @@ def run_demo(
             emulator.expect(r"^READY_FOR_START")
             emulator.send_line(START_WORD)
         console.print(f"{len(edges)} gateways ready; {len(euis)} devices start reporting")
-        client = httpx.Client(base_url=api_url, timeout=10.0)
+        client = httpx.Client(
+            base_url=api_url,
+            timeout=10.0,
+            headers={"Authorization": f"Bearer {api_token}"},
+        )
         fleet_sent: dict[str, int] = {}
         with ExitStack() as stack:
             stack.callback(client.close)

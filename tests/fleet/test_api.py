@@ -1,4 +1,7 @@
-"""The HTTP API through a real ASGI client: every route, pagination, errors, no secrets."""
+"""The HTTP API through a real ASGI client: every route, pagination, errors, no secrets.
+
+Every call carries a bearer token (``ApiClient`` creates one for its role); what the roles
+admit and refuse is tested in test_auth.py and, for every route, test_openapi_roles.py."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from owlgate.codecs.node.telemetry import Reading
 from owlgate.codecs.payloads import PROFILES
 from owlgate.codecs.signed import sign
 from owlgate.fleet.api import StatsSource, create_app, register_stats
+from owlgate.fleet.auth import Role, create_token
 from owlgate.fleet.ingest import Ingest, IngestService, Rejected
 from owlgate.fleet.store import Store
 from tests.conftest import REPO
@@ -39,16 +43,37 @@ NEW_KEYS = ["00112233445566778899aabbccddeeff", "ffeeddccbbaa9988776655443322110
 class ApiClient:
     """A synchronous client over ``httpx.ASGITransport``: requests go through the whole ASGI
     app (routing, validation, exception handlers, JSON encoding) without a socket. (Starlette's
-    own TestClient warns about its httpx dependency, and warnings are errors here.)"""
+    own TestClient warns about its httpx dependency, and warnings are errors here.)
 
-    def __init__(self, app: Any) -> None:
+    It sends ``Authorization: Bearer`` with ``token``, or with a token of ``role`` that it
+    creates in the app's store on first use; ``role=None`` and no token: no header at all."""
+
+    def __init__(self, app: Any, *, role: Role | None = "admin", token: str | None = None) -> None:
         self.app = app
+        self.role = role
+        self.token = token
+
+    def as_role(self, role: Role | None) -> ApiClient:
+        """A client of the same app calling with a (new) token of ``role``."""
+        return ApiClient(self.app, role=role)
+
+    def bearer(self) -> str | None:
+        if self.token is None and self.role is not None:
+            self.token = create_token(
+                self.app.state.store, role=self.role, name=f"test {self.role}"
+            )
+        return self.token
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", None) or {})
+        token = self.bearer()
+        if token is not None:
+            headers.setdefault("Authorization", f"Bearer {token}")
+
         async def go() -> httpx.Response:
             transport = httpx.ASGITransport(app=self.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://fleet") as http:
-                return await http.request(method, path, **kwargs)
+                return await http.request(method, path, headers=headers, **kwargs)
 
         return asyncio.run(go())
 
@@ -57,6 +82,9 @@ class ApiClient:
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.request("POST", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("DELETE", path, **kwargs)
 
 
 class Clock:
@@ -74,7 +102,14 @@ def clock() -> Clock:
 
 @pytest.fixture
 def client(registry: Store, clock: Clock) -> ApiClient:
-    return ApiClient(create_app(registry, clock=clock))
+    """An operator's client: what operations read."""
+    return ApiClient(create_app(registry, clock=clock), role="operator")
+
+
+@pytest.fixture
+def technician(client: ApiClient) -> ApiClient:
+    """A technician's client of the same app: registering gateways and devices."""
+    return client.as_role("technician")
 
 
 def no_secrets(response_text: str) -> None:
@@ -195,7 +230,8 @@ def test_unknown_ids_are_404_and_bad_values_422(client: ApiClient) -> None:
     assert "cursor" in bad_cursor.json()["error"]["message"]
 
 
-def test_admin_create_gateway(client: ApiClient) -> None:
+def test_admin_create_gateway(technician: ApiClient) -> None:
+    client = technician
     sign, seal = raw_public(Ed25519PrivateKey.generate()), raw_public(X25519PrivateKey.generate())
     body = {
         "id": "B827EBFFFE000003",
@@ -213,7 +249,9 @@ def test_admin_create_gateway(client: ApiClient) -> None:
     assert bad.json()["error"]["code"] == "invalid"
 
 
-def test_admin_create_devices_never_returns_secrets(client: ApiClient) -> None:
+def test_admin_create_devices_never_returns_secrets(
+    client: ApiClient, technician: ApiClient
+) -> None:
     otaa = {
         "dev_eui": "00000000000000a1",
         "profile_id": "parking-v1",
@@ -230,22 +268,22 @@ def test_admin_create_devices_never_returns_secrets(client: ApiClient) -> None:
         "app_s_key": NEW_KEYS[1],
     }
     responses = [
-        client.post("/api/v1/admin/devices", json=otaa),
-        client.post("/api/v1/admin/devices", json=abp),
+        technician.post("/api/v1/admin/devices", json=otaa),
+        technician.post("/api/v1/admin/devices", json=abp),
     ]
     assert [r.status_code for r in responses] == [201, 201]
     assert responses[1].json()["dev_addr"] == "01020304"
     # Invalid requests must not echo the keys they carried either.
-    responses.append(client.post("/api/v1/admin/devices", json={**abp, "dev_eui": "zz"}))
+    responses.append(technician.post("/api/v1/admin/devices", json={**abp, "dev_eui": "zz"}))
     responses.append(
-        client.post(
+        technician.post(
             "/api/v1/admin/devices",
             json={**otaa, "dev_eui": "00000000000000a3", "app_key": NEW_KEYS[1] + "0"},
         )
     )
-    responses.append(client.post("/api/v1/admin/devices", json={**otaa, "profile_id": "nope"}))
+    responses.append(technician.post("/api/v1/admin/devices", json={**otaa, "profile_id": "nope"}))
     assert [r.status_code for r in responses[2:]] == [422, 422, 422]
-    responses.append(client.post("/api/v1/admin/devices", json=otaa))
+    responses.append(technician.post("/api/v1/admin/devices", json=otaa))
     assert responses[-1].status_code == 409
     everything = [
         client.get("/api/v1/nodes"),
@@ -255,6 +293,7 @@ def test_admin_create_devices_never_returns_secrets(client: ApiClient) -> None:
         client.get(f"/api/v1/nodes/{OTAA_EUI}"),
         client.get("/api/v1/gateways"),
         client.get("/openapi.json"),
+        client.as_role("admin").get("/api/v1/audit"),
     ]
     for response in [*responses, *everything]:
         no_secrets(response.text)
@@ -274,20 +313,54 @@ def test_openapi_lists_every_route(client: ApiClient) -> None:
         "/metrics",
         "/api/v1/admin/gateways",
         "/api/v1/admin/devices",
+        "/api/v1/admin/tokens",
+        "/api/v1/admin/tokens/{token_id}",
+        "/api/v1/audit",
+        "/api/v1/alerts",
+        "/api/v1/alerts/{alert_id}",
+        "/api/v1/alerts/{alert_id}/acknowledge",
+        "/api/v1/alert-rules",
+        "/api/v1/nodes/{dev_eui}/site",
+        "/api/v1/views/parking",
+        "/api/v1/views/bins",
+        "/api/v1/admin/import",
+        "/api/v1/admin/export",
+        "/api/v1/export/readings",
+        "/api/v1/broker/credentials",
+        "/api/v1/broker/fleet-account/credentials",
+        "/api/v1/broker/gateways/{gateway_id}/credentials",
+        "/api/v1/broker/gateways/{gateway_id}/credentials/rotate",
     }
 
 
 def test_every_route_is_documented(client: ApiClient) -> None:
-    doc = (REPO / "docs" / "fleet.md").read_text()
+    # The registry and readings in docs/fleet.md, each feature's routes in its own page.
+    pages = (
+        "fleet.md",
+        "fleet-access.md",
+        "fleet-alerts.md",
+        "fleet-data.md",
+        "fleet-broker.md",
+    )
+    doc = "\n".join((REPO / "docs" / name).read_text() for name in pages)
     for path, methods in client.get("/openapi.json").json()["paths"].items():
         for method in methods:
-            assert f"`{method.upper()} {path}" in doc, f"docs/fleet.md lacks {method} {path}"
+            assert f"`{method.upper()} {path}" in doc, f"docs/fleet*.md lack {method} {path}"
 
 
 def test_stats_route_shows_each_services_counters(registry: Store, clock: Clock) -> None:
     app = create_app(registry, clock=clock)
-    client = ApiClient(app)
-    assert client.get("/api/v1/stats").json() == {"started_at": "2027-01-15T08:00:10Z"}
+    client = ApiClient(app, role="operator")
+    # The API counts its own refusals too (test_auth.py): the first call is admitted.
+    assert client.get("/api/v1/stats").json() == {
+        "started_at": "2027-01-15T08:00:10Z",
+        "auth": {
+            "admitted": 1,
+            "refused": dict.fromkeys(
+                ("missing", "malformed", "unknown", "revoked", "expired", "forbidden"), 0
+            ),
+        },
+    }
     ingest = IngestService(Ingest(registry, clock=clock), "127.0.0.1", 1883)
     assert isinstance(ingest, StatsSource)
     register_stats(app, ingest)
@@ -299,4 +372,4 @@ def test_stats_route_shows_each_services_counters(registry: Store, clock: Clock)
     body = client.get("/api/v1/stats").json()
     assert body["ingest"]["rejected"] == {"signature": 1, "state": 1}
     assert body["ingest"]["readings_stored"] == 0
-    assert set(body) == {"started_at", "ingest"}
+    assert set(body) == {"started_at", "auth", "ingest"}

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from owlgate.codecs.lorawan import AesKey, JoinRequest
 from owlgate.codecs.sealed import open_session
+from owlgate.fleet.auth import create_token
 from owlgate.fleet.cli import IDENTITY_KEY_FILE, SEALING_KEY_FILE, build_server, fleet_command
 from owlgate.fleet.joinserver import JoinServer
 from owlgate.fleet.store import Store
@@ -125,6 +126,7 @@ def test_build_server_runs_services_beside_the_api(tmp_path: Path) -> None:
 
     async def scenario() -> int:
         with Store(":memory:") as store:
+            token = create_token(store, role="operator", name="t")
             server = build_server(store, host="127.0.0.1", port=_free_port(), services=[service])
             task = asyncio.create_task(server.serve())
             try:
@@ -134,7 +136,10 @@ def test_build_server_runs_services_beside_the_api(tmp_path: Path) -> None:
                     await asyncio.sleep(0.01)
                 port = server.servers[0].sockets[0].getsockname()[1]
                 async with httpx.AsyncClient() as http:
-                    response = await http.get(f"http://127.0.0.1:{port}/api/v1/gateways")
+                    response = await http.get(
+                        f"http://127.0.0.1:{port}/api/v1/gateways",
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
             finally:
                 server.should_exit = True
                 await asyncio.wait_for(task, 10)
@@ -152,6 +157,10 @@ def _free_port() -> int:
 
 def test_serve_as_a_process(tmp_path: Path) -> None:
     assert seed(tmp_path, "--gateways", "1", "--nodes", "2")[0] == 0
+    # seed writes an admin token beside the database, for the demo and for this.
+    token_file = tmp_path / "admin-token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    auth = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
     port = _free_port()
     code = (
         "import sys; from owlgate.fleet.cli import fleet_command; "
@@ -177,7 +186,9 @@ def test_serve_as_a_process(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                response = httpx.get(f"http://127.0.0.1:{port}/api/v1/gateways", timeout=1)
+                response = httpx.get(
+                    f"http://127.0.0.1:{port}/api/v1/gateways", headers=auth, timeout=1
+                )
             except httpx.TransportError:
                 time.sleep(0.05)
                 continue

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import pickle
-import sqlite3
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from owlgate.fleet.ingest import (
     parse_topic,
     subscriptions,
 )
+from owlgate.fleet.sql import DatabaseFault
 from owlgate.fleet.store import FleetError, IncomingBatch, Store, StoreResult
 from tests.conftest import REPO
 from tests.fleet.conftest import ABP_EUI, GW1, GW2, T0, raw_public
@@ -41,33 +41,6 @@ from tests.mqtt_servers import BrokerServer
 pytest_plugins = ["tests.brokers"]
 
 DEV = bytes.fromhex(ABP_EUI)
-
-
-@pytest.fixture
-def keys() -> dict[str, Ed25519PrivateKey]:
-    return {GW1: Ed25519PrivateKey.generate(), GW2: Ed25519PrivateKey.generate()}
-
-
-@pytest.fixture
-def fleet(store: Store, keys: dict[str, Ed25519PrivateKey]) -> Store:
-    for gid, key in keys.items():
-        store.create_gateway(
-            gid,
-            name=gid,
-            sign_public_key=raw_public(key),
-            seal_public_key=raw_public(X25519PrivateKey.generate()),
-            created=T0,
-        )
-    store.create_device(
-        ABP_EUI,
-        profile_id="parking-v1",
-        activation="abp",
-        created=T0,
-        dev_addr=0x26000001,
-        nwk_s_key=bytes(16),
-        app_s_key=bytes(16),
-    )
-    return store
 
 
 def reading(fcnt: int, rssi: int = -100, occupied: bool = True) -> Reading:
@@ -236,7 +209,7 @@ class _FailingOnce(Store):
     def record_batches(self, batches: Sequence[IncomingBatch]) -> list[StoreResult | FleetError]:
         if self.fail:
             self.fail = False
-            raise sqlite3.OperationalError("database or disk is full")
+            raise DatabaseFault("database or disk is full")
         return super().record_batches(batches)
 
 
@@ -254,7 +227,7 @@ def test_a_database_fault_stores_and_counts_nothing(keys: dict[str, Ed25519Priva
             topic(GW1, "telemetry"), signed_batch(keys[GW1], GW1, 1, [reading(1)])
         )
         state = ingest.prepare(topic(GW1, "state"), b"offline")
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(DatabaseFault):
             ingest.write([item, state])
         assert store.readings(ABP_EUI).items == []
         assert store.gateway(GW1).facts.state_online is None
@@ -311,7 +284,7 @@ async def _stored(fleet: Store, expected: int, service: IngestService) -> None:
 async def _publish_and_wait(
     server: BrokerServer, fleet: Store, messages: list[tuple[str, bytes]], expected: int
 ) -> IngestService:
-    service = IngestService(Ingest(fleet), server.host, server.port)
+    service = IngestService(Ingest(fleet, clock=lambda: T0), server.host, server.port)
     task = asyncio.create_task(service.run())
     try:
         await asyncio.wait_for(service.subscribed.wait(), 10)
@@ -350,7 +323,11 @@ async def _away_and_back(
         # verify_workers=0: the in-process path; the worker processes are exercised by the
         # owlgate fleet serve tests.
         return IngestService(
-            Ingest(fleet), server.host, server.port, instance="away", verify_workers=0
+            Ingest(fleet, clock=lambda: T0),
+            server.host,
+            server.port,
+            instance="away",
+            verify_workers=0,
         )
 
     away = service()
@@ -391,7 +368,8 @@ def test_telemetry_sent_while_the_ingest_is_away_is_stored_when_it_is_back(
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     """``owlgate fleet seed`` then ``owlgate fleet serve`` (embedded broker) in a subprocess;
-    yields the API URL, the broker URL and the keys folder."""
+    yields the API URL, the broker URL and the keys folder (the admin token ``seed`` wrote is
+    in ``admin-token`` beside it)."""
     db = tmp_path / "fleet.sqlite3"
     seed = [sys.executable, "-m", "owlgate.codecs.cli", "fleet", "seed", "--db", str(db)]
     seed += ["--gateways", "1", "--nodes", "2", "--keys-dir", str(tmp_path / "keys")]
@@ -426,6 +404,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
 
 def test_fleet_serve_ingests_from_its_embedded_broker(served: tuple[str, str, Path]) -> None:
     api, broker_url, keys_dir = served
+    auth = {"Authorization": f"Bearer {(keys_dir.parent / 'admin-token').read_text().strip()}"}
     manifest = json.loads((keys_dir.parent / "emulator-secrets.json").read_text())
     gateway = manifest["gateways"][0]["id"]
     dev_eui = manifest["devices"][0]["dev_eui"]
@@ -443,11 +422,11 @@ def test_fleet_serve_ingests_from_its_embedded_broker(served: tuple[str, str, Pa
     asyncio.run(publish())
     deadline = time.monotonic() + 15
     while True:
-        items = httpx.get(f"{api}/api/v1/nodes/{dev_eui}/readings").json()["items"]
+        items = httpx.get(f"{api}/api/v1/nodes/{dev_eui}/readings", headers=auth).json()["items"]
         if items or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert [item["fcnt"] for item in items] == [3]
-    gateways = httpx.get(f"{api}/api/v1/gateways").json()["items"]
+    gateways = httpx.get(f"{api}/api/v1/gateways", headers=auth).json()["items"]
     assert gateways[0]["id"] == gateway
     assert gateways[0]["health"]["state"] == "online"
