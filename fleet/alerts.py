@@ -53,6 +53,7 @@ from types import TracebackType
 from typing import Annotated, Any, Final, Literal, Self, get_args
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from owlgate.codecs.health import throttle_flags
@@ -819,9 +820,14 @@ class EvaluatorCounters:
 class AlertEvaluator:
     """Evaluates the rules of ``config`` over ``store`` at the "now" it is given."""
 
-    def __init__(self, store: Store, config: AlertConfig | None = None) -> None:
+    def __init__(
+        self, store: Store, config: AlertConfig | None = None, *, notifier: Notifier | None = None
+    ) -> None:
         self.store = store
         self.config = config or AlertConfig()
+        #: Given, each change's notification is written to its outbox in the evaluation's
+        #: transaction: an alert change and its notification are stored together or not at all.
+        self.notifier = notifier
         self.counters = EvaluatorCounters()
         # DevEUI -> (last_seen the interval was found at, the interval): recomputed only when
         # a device has sent something new.
@@ -831,7 +837,8 @@ class AlertEvaluator:
 
     def evaluate(self, now: float) -> list[AlertChange]:
         """One pass over every rule and subject, in one transaction; returns the alerts that
-        opened or resolved, for the notifier."""
+        opened or resolved (with a notifier, their notifications are in its outbox, committed
+        with them)."""
         measured = self._measure_all(now)
         changes: list[AlertChange] = []
         with _sql(self.store).transaction() as db:
@@ -849,6 +856,9 @@ class AlertEvaluator:
                         for gid, w in self._radio_updates.items()
                     ],
                 )
+            if self.notifier is not None:
+                for change in changes:
+                    self.notifier.enqueue(db, notification(change))
         self.counters.evaluations += 1
         self.counters.opened += sum(1 for c in changes if c.event == "opened")
         self.counters.resolved += sum(1 for c in changes if c.event == "resolved")
@@ -1217,9 +1227,11 @@ def notification(change: AlertChange) -> Notification:
 
 class AlertService:
     """Evaluates the rules every ``config.interval_s`` seconds in a worker thread (the
-    database calls block) and hands each alert that opened or resolved to the notifier,
-    which delivers in its own tasks: a slow or failing channel never holds up evaluation,
-    and the alert is stored before anything is sent."""
+    database calls block); each alert that opened or resolved is written with its
+    notifications (the notifier's outbox) in the evaluation's transaction, and the notifier
+    delivers them in its own tasks: a slow or failing channel never holds up evaluation, and
+    nothing is sent before the alert is stored. A ``notifier`` given must be on the store's
+    database (``store.sql``)."""
 
     name = "alerts"
 
@@ -1232,10 +1244,12 @@ class AlertService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config or AlertConfig()
-        self.evaluator = AlertEvaluator(store, self.config)
         self.notifier = (
-            notifier if notifier is not None else Notifier.from_config(self.config.notify)
+            notifier
+            if notifier is not None
+            else Notifier.from_config(self.config.notify, sql=_sql(store))
         )
+        self.evaluator = AlertEvaluator(store, self.config, notifier=self.notifier)
         self.clock = clock
         self.evaluation_errors = 0
         self._task: asyncio.Task[None] | None = None
@@ -1264,7 +1278,7 @@ class AlertService:
         await self.notifier.__aexit__(exc_type, exc, tb)
 
     async def evaluate_now(self) -> list[AlertChange]:
-        """One evaluation at the clock's "now", its changes handed to the notifier."""
+        """One evaluation at the clock's "now"; the notifier is woken for its changes."""
         async with self._lock:
             # Shielded: cancelling the service (shutdown) must not leave a transaction
             # running in the thread against a store that is about to close;
@@ -1274,8 +1288,9 @@ class AlertService:
             )
             self._inflight = running
             changes = await asyncio.shield(running)
-            for change in changes:
-                self.notifier.submit(notification(change))
+            if changes:
+                # Committed by now: the delivery tasks find the rows at once, not at the poll.
+                self.notifier.wake()
         async with self._passes:
             self._passes.notify_all()
         return changes
@@ -1343,6 +1358,10 @@ class Acknowledgement(BaseModel):
     comment: str = Field(min_length=1, max_length=_COMMENT_MAX)
 
 
+#: An alert's id in a path: a positive 64-bit integer (what the database can hold).
+AlertId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
+
+
 def router(
     config: AlertConfig | None = None, *, clock: Callable[[], float] | None = None
 ) -> APIRouter:
@@ -1378,13 +1397,13 @@ def router(
         return {"items": [alert_json(a) for a in page.items], "next": page.next}
 
     @routes.get("/alerts/{alert_id}", summary="One alert with its history", dependencies=[readers])
-    def get_route(request: Request, alert_id: int) -> dict[str, Any]:
+    def get_route(request: Request, alert_id: AlertId) -> dict[str, Any]:
         return alert_json(get_alert(request.app.state.store, alert_id), history=True)
 
     @routes.post("/alerts/{alert_id}/acknowledge", summary="Acknowledge an open alert")
     def acknowledge_route(
         request: Request,
-        alert_id: int,
+        alert_id: AlertId,
         body: Acknowledgement,
         principal: Annotated[Principal, requires("operator")],
     ) -> dict[str, Any]:

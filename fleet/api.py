@@ -16,6 +16,7 @@ a 422 response.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -49,7 +50,7 @@ from .auth import (
 from .health import HealthThresholds, assess
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render_metrics
-from .sql import Sql
+from .sql import DatabaseFault, DataRefused, Sql
 from .store import (
     DEFAULT_PAGE_LIMIT,
     MAX_PAGE_LIMIT,
@@ -66,6 +67,8 @@ from .store import (
 
 if TYPE_CHECKING:
     from .alerts import AlertConfig
+
+log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
 ADMIN_PREFIX = "/api/v1/admin"
@@ -204,6 +207,19 @@ def create_app(
     @app.exception_handler(InvalidError)
     async def invalid(request: Request, exc: InvalidError) -> JSONResponse:
         return _error(422, "invalid", exc.message)
+
+    @app.exception_handler(DataRefused)
+    async def refused_by_database(request: Request, exc: DataRefused) -> JSONResponse:
+        # A value the database cannot hold (an id past 64 bits, a constraint): the request's.
+        log.info("%s %s: refused by the database: %s", request.method, request.url.path, exc)
+        return _error(
+            422, "invalid", f"a value of the request cannot be stored or looked up: {exc}"
+        )
+
+    @app.exception_handler(DatabaseFault)
+    async def database_fault(request: Request, exc: DatabaseFault) -> JSONResponse:
+        log.error("%s %s: database fault: %s", request.method, request.url.path, exc)
+        return _error(503, "database_unavailable", "the fleet database failed; try again later")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

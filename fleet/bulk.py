@@ -25,6 +25,7 @@ File shapes (see ``docs/fleet-data.md``):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -390,13 +391,12 @@ def import_registry(
     report = ImportReport(dry_run=dry_run, rows=len(rows))
     at = time.time() if now is None else now
     if dry_run:
-        try:
-            with store.sql.transaction() as tx:
-                for row in rows:
-                    _import_row(store, tx, row, report, actor, allow_gateways, at)
-                raise _DryRun
-        except _DryRun:
-            pass
+        # Every row is checked by really registering it, in one transaction that _DryRun
+        # then rolls back: nothing stays, and the report is the one a real import would give.
+        with contextlib.suppress(_DryRun), store.sql.transaction() as tx:
+            for row in rows:
+                _import_row(store, tx, row, report, actor, allow_gateways, at)
+            raise _DryRun
     else:
         for start in range(0, len(rows), IMPORT_CHUNK):
             with store.sql.transaction() as tx:

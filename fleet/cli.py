@@ -816,6 +816,18 @@ def rotate_kek(
             )
         try:
             count = store.rewrap_keys(new.with_older([old]))
+            # After the rewrap's own transaction: it ends with a WAL checkpoint, which SQLite
+            # cannot run inside one.
+            from .audit import record_event
+            from .cli_auth import cli_actor
+
+            record_event(
+                store.sql,
+                actor=cli_actor(),
+                action="keys.rewrapped",
+                target=f"kek-id:{new.key_id}",
+                details={"rewrapped": count, "previous_kek_id": old.key_id},
+            )
         except OwlgateError as err:
             _fail(f"--db {shown_db(db)}: {err}")
     finally:

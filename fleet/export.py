@@ -882,12 +882,14 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
+#: Unix seconds, as ``--since`` and ``?since=`` take them besides ISO 8601.
+_NUMBER: Final = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
 def parse_time(text: str, what: str) -> float:
     """Unix seconds or an ISO 8601 time (UTC when it names no zone); InvalidError otherwise."""
-    try:
+    if _NUMBER.fullmatch(text.strip()):
         return float(text)
-    except ValueError:
-        pass
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as err:

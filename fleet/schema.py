@@ -9,7 +9,8 @@ says where they belong:
 - ``0001``-``0099``: the registry, ingest and keys (:mod:`owlgate.fleet.store`);
 - ``0100``-``0199``: API tokens and the audit log (:mod:`owlgate.fleet.auth`,
   :mod:`owlgate.fleet.audit`);
-- ``0200``-``0299``: alerts and notifications (:mod:`owlgate.fleet.alerts`);
+- ``0200``-``0299``: alerts and notifications (:mod:`owlgate.fleet.alerts`,
+  :mod:`owlgate.fleet.notify`);
 - ``0300``-``0399``: application views, exports and retention (:mod:`owlgate.fleet.views`,
   :mod:`owlgate.fleet.export`);
 - ``0400``-``0499``: broker credentials (:mod:`owlgate.fleet.brokerauth`).
@@ -37,6 +38,7 @@ FEATURE_MODULES: Final = (
     "owlgate.fleet.auth",
     "owlgate.fleet.audit",
     "owlgate.fleet.alerts",
+    "owlgate.fleet.notify",
     "owlgate.fleet.views",
     "owlgate.fleet.export",
     "owlgate.fleet.brokerauth",

@@ -148,8 +148,9 @@ class Sql(ABC):
 # --- SQLite --------------------------------------------------------------------------------------
 
 
-def _sqlite_error(err: sqlite3.Error) -> SqlError:
-    if isinstance(err, sqlite3.IntegrityError | sqlite3.DataError):
+def _sqlite_error(err: sqlite3.Error | OverflowError) -> SqlError:
+    # OverflowError: an int parameter beyond SQLite's 64 bits, which the data brought.
+    if isinstance(err, sqlite3.IntegrityError | sqlite3.DataError | OverflowError):
         return DataRefused(str(err))
     return DatabaseFault(str(err))
 
@@ -188,21 +189,21 @@ class SqliteSql(Sql):
         with self._lock:
             try:
                 return self.conn.execute(sql, tuple(params)).rowcount
-            except sqlite3.Error as err:
+            except (sqlite3.Error, OverflowError) as err:
                 raise _sqlite_error(err) from err
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with self._lock:
             try:
                 self.conn.executemany(sql, rows)
-            except sqlite3.Error as err:
+            except (sqlite3.Error, OverflowError) as err:
                 raise _sqlite_error(err) from err
 
     def query_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return self.conn.execute(sql, tuple(params)).fetchall()
-            except sqlite3.Error as err:
+            except (sqlite3.Error, OverflowError) as err:
                 raise _sqlite_error(err) from err
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -211,7 +212,7 @@ class SqliteSql(Sql):
                 cursor = self.conn.execute(sql, tuple(params))
                 names = [column[0] for column in cursor.description]
                 return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-            except sqlite3.Error as err:
+            except (sqlite3.Error, OverflowError) as err:
                 raise _sqlite_error(err) from err
 
     @contextmanager

@@ -7,13 +7,16 @@ timings in the suite. Sizes are not timings: those are checked exactly.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from owlgate.bench.codec_bench import GATEWAY, SEQ, parking_readings
 from owlgate.codecs.cli import app
 from owlgate.codecs.node.telemetry import Batch, encode_batch
+from owlgate.hil.processes import find_postgres
 from tests.mqtt_servers import mosquitto_binary
 
 REQUIRED = [
@@ -78,6 +81,11 @@ def test_fleet_suite_measures_both_brokers(tmp_path: Path) -> None:
     embedded broker and once on a Mosquitto the bench starts itself; the suite fails rather
     than report a figure for which a published reading went missing."""
     mosquitto_binary()  # skips locally without Mosquitto, fails under CI=true
+    if find_postgres() is None:
+        message = "PostgreSQL server programs not found (Debian package postgresql)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true: a missing binary is a failure)")
+        pytest.skip(message)
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", "--suite", "fleet", "--quick", "--json", str(out)])
     assert result.exit_code == 0, result.output
@@ -89,6 +97,10 @@ def test_fleet_suite_measures_both_brokers(tmp_path: Path) -> None:
         assert figures["units"][name] == "readings/s"
         assert figures["goals"][name] == {"min": 20000}
         assert figures["medians"][name] > 0
+    # The same on PostgreSQL (skipped only when its programs are missing, failed under CI).
+    postgres = "fleet.ingest_readings_per_s_postgres"
+    assert figures[postgres] > 0
+    assert figures["goals"][postgres] == {"min": 20000}
 
 
 def test_e2e_suite_measures_the_running_system(tmp_path: Path) -> None:
@@ -136,9 +148,29 @@ def test_offline_suite_measures_a_power_cut(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())
     assert figures["goals"]["fleet.offline_detect_s"] == {"max": 7.5}
+    assert figures["goals"]["fleet.offline_detect_s.embedded"] == {"max": 7.5}
     assert figures["goals"]["fleet.offline_detect_s.heartbeat"] == {"max": 6}
+    # The embedded broker cuts a silent client after exactly 1.5 keep-alives: its Will comes
+    # at least half a keep-alive after the cut, and it comes (no waiting out the heartbeat).
+    assert 1.5 * 5 - 5 <= figures["fleet.offline_detect_s.embedded"] < 2 * 60
     # Never sooner than the rules allow: the Will after 1.5 keep-alives of silence counted from
     # the last packet (at most one keep-alive before the cut), offline after 2 heartbeat
     # intervals counted from the last health message (at most one interval before the cut).
     assert figures["fleet.offline_detect_s"] >= 1.5 * 5 - 5
     assert figures["fleet.offline_detect_s.heartbeat"] >= 2 * 3 - 3
+
+
+def test_api_suite_measures_the_routes_over_http(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API latency figure: a seeded database (cached under OWLGATE_BENCH_CACHE), a real
+    ``owlgate fleet serve``, the four routes over HTTP with a bearer token."""
+    monkeypatch.setenv("OWLGATE_BENCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--suite", "api", "--quick", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    assert figures["goals"]["fleet.api_p99_ms"] == {"max": 50}
+    assert figures["units"]["fleet.api_p99_ms"] == "ms"
+    assert figures["fleet.api_p99_ms"] > 0
+    assert any((tmp_path / "cache").iterdir())

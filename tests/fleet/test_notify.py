@@ -1,6 +1,7 @@
 """Notifications against real local receivers: an HTTP server that checks the signature and
 fails the first attempts, and an SMTP server (aiosmtpd) that receives the mail, plain and
-over STARTTLS with a login. Then the alert service end to end, with a fake clock."""
+over STARTTLS with a login. Then the alert service end to end, with a fake clock, and the
+durable outbox: restarts, two fleet processes on one database, rolled-back alert changes."""
 
 from __future__ import annotations
 
@@ -25,38 +26,48 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import NameOID
 
+from owlgate.fleet import schema
 from owlgate.fleet.alerts import (
     DEFAULT_RULES,
     AlertChange,
     AlertConfig,
+    AlertEvaluator,
+    alert_json,
     alert_service,
+    list_alerts,
     load_config,
 )
 from owlgate.fleet.api import create_app, register_stats
 from owlgate.fleet.notify import (
     DELIVERY_HEADER,
     EVENT_HEADER,
+    OUTBOX_TABLE,
     SIGNATURE_HEADER,
     Channel,
     Notification,
     Notifier,
+    NotifyConfig,
     NotifyConfigError,
+    OutboxEntry,
     Retry,
     SmtpChannel,
     SmtpConfig,
     WebhookChannel,
     WebhookConfig,
+    outbox_entries,
     parse_notify_config,
     signature,
     verify_signature,
 )
-from owlgate.fleet.sql import DatabaseFault
+from owlgate.fleet.sql import DatabaseFault, Sql, SqliteSql
 from owlgate.fleet.store import Store
 from owlgate.hil.processes import free_tcp_port
 from tests.conftest import REPO
-from tests.fleet.conftest import GW1, T0
+from tests.fleet.conftest import GW1, T0, StoreFactory, raw_public
 from tests.fleet.test_api import ApiClient, Clock
 
 SECRET = b"whsec-test-0123456789abcdef"
@@ -98,6 +109,8 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     hold: bool = False
     release: threading.Event = field(default_factory=threading.Event)
+    #: Set when a request has arrived (before it is answered).
+    arrived: threading.Event = field(default_factory=threading.Event)
 
 
 @pytest.fixture
@@ -108,6 +121,7 @@ def receiver() -> Iterator[Receiver]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             state.requests.append(Received(dict(self.headers.items()), body))
+            state.arrived.set()
             if state.hold:
                 state.release.wait(30)
             status = state.statuses.pop(0) if state.statuses else 200
@@ -139,19 +153,46 @@ def webhook(url: str, *, retry: Retry = FAST, timeout_s: float = 5.0) -> Webhook
     )
 
 
-def deliver(channel: Channel, *notifications: Notification) -> Notifier:
-    async def go() -> Notifier:
-        async with Notifier([channel]) as notifier:
-            for notification in notifications:
-                notifier.submit(notification)
-            await notifier.drained()
-        return notifier
+@dataclass
+class Delivery:
+    """What one notifier run left: its counters and stats, and the outbox rows."""
 
-    return asyncio.run(go())
+    counters: dict[str, dict[str, int]]
+    stats: dict[str, object]
+    entries: list[OutboxEntry]
 
 
-def counts(notifier: Notifier, label: str = "webhook:ops") -> dict[str, int]:
-    return {outcome: count for outcome, count in notifier.counters[label].items()}
+def migrated() -> SqliteSql:
+    sql = SqliteSql(":memory:")
+    schema.apply(sql)
+    return sql
+
+
+def deliver(channel: Channel, *notifications: Notification) -> Delivery:
+    """Submit ``notifications`` to a notifier with ``channel`` on a fresh database and wait
+    until none is pending."""
+    sql = migrated()
+    try:
+
+        async def go() -> Notifier:
+            async with Notifier([channel], sql=sql) as notifier:
+                for notification in notifications:
+                    notifier.submit(notification)
+                await notifier.drained()
+            return notifier
+
+        notifier = asyncio.run(go())
+        return Delivery(
+            {label: {str(k): v for k, v in c.items()} for label, c in notifier.counters.items()},
+            notifier.stats(),
+            outbox_entries(sql),
+        )
+    finally:
+        sql.close()
+
+
+def counts(delivery: Delivery, label: str = "webhook:ops") -> dict[str, int]:
+    return dict(delivery.counters[label])
 
 
 def test_webhook_is_signed_and_retried_after_5xx(receiver: Receiver) -> None:
@@ -165,6 +206,11 @@ def test_webhook_is_signed_and_retried_after_5xx(receiver: Receiver) -> None:
         "dropped": 0,
     }
     assert len(receiver.requests) == 3
+    (entry,) = notifier.entries
+    assert (entry.state, entry.attempts, entry.channel) == ("delivered", 3, "webhook:ops")
+    assert entry.last_error == "the receiver answered 500"
+    assert entry.delivery_id == receiver.requests[0].headers[DELIVERY_HEADER]
+    assert notifier.stats["notifications_pending"] == {"webhook:ops": 0}
     for request in receiver.requests:
         assert request.headers["Content-Type"] == "application/json"
         assert request.headers[EVENT_HEADER] == "alert.opened"
@@ -209,6 +255,10 @@ def test_a_4xx_is_not_retried(receiver: Receiver) -> None:
     assert counts(notifier)["refused"] == 1
     assert counts(notifier)["retried"] == 0
     assert len(receiver.requests) == 1
+    (entry,) = notifier.entries
+    assert (entry.state, entry.attempts) == ("refused", 1)
+    assert entry.last_error == "the receiver answered 400: not tried again"
+    assert entry.finished_at is not None
 
 
 def test_the_webhook_gives_up_after_max_attempts(receiver: Receiver) -> None:
@@ -217,6 +267,9 @@ def test_the_webhook_gives_up_after_max_attempts(receiver: Receiver) -> None:
     assert counts(notifier)["failed"] == 1
     assert counts(notifier)["retried"] == 2
     assert len(receiver.requests) == 3
+    (entry,) = notifier.entries
+    assert (entry.state, entry.attempts) == ("failed", 3)
+    assert entry.last_error == "the receiver answered 503"
 
 
 def test_a_timeout_is_retried_then_given_up(receiver: Receiver) -> None:
@@ -232,6 +285,10 @@ def test_an_unreachable_receiver_counts_as_failed() -> None:
     url = f"http://127.0.0.1:{free_tcp_port()}/hook"
     notifier = deliver(webhook(url, retry=Retry(max_attempts=2, initial_s=0.0)), NOTICE)
     assert counts(notifier)["failed"] == 1
+    (entry,) = notifier.entries
+    assert entry.state == "failed"
+    assert entry.last_error is not None
+    assert entry.last_error.startswith("cannot reach the receiver")
 
 
 def test_backoff_doubles_up_to_its_cap() -> None:
@@ -239,40 +296,139 @@ def test_backoff_doubles_up_to_its_cap() -> None:
     assert [retry.delay_s(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
 
 
-class Blocked(Channel):
-    """A channel whose first delivery never completes: the queue behind it fills up."""
+class Gated(Channel):
+    """A channel that delivers only once ``gate`` is open, recording the delivery ids."""
 
     kind = "test"
 
     def __init__(self) -> None:
-        self.name = "blocked"
+        self.name = "gated"
         self.retry = Retry(max_attempts=1)
+        self.gate = asyncio.Event()
         self.started = asyncio.Event()
+        self.delivered: list[str] = []
 
     async def open(self) -> None:
-        pass
+        """Nothing to open."""
 
     async def close(self) -> None:
-        pass
+        """Nothing held."""
 
     async def attempt(self, notification: Notification, delivery_id: str) -> None:
         self.started.set()
-        await asyncio.Event().wait()
+        await self.gate.wait()
+        self.delivered.append(delivery_id)
 
 
-def test_a_full_queue_drops_and_counts_without_waiting() -> None:
-    async def go() -> Notifier:
-        channel = Blocked()
-        async with Notifier([channel], queue_size=2) as notifier:
-            notifier.submit(NOTICE)
+def test_a_mass_outage_keeps_every_notification_and_shows_the_depth() -> None:
+    sql = migrated()
+
+    async def go() -> tuple[dict[str, object], dict[str, object], list[str], list[str]]:
+        channel = Gated()
+        async with Notifier([channel], sql=sql) as notifier:
+            ids = [notifier.submit(NOTICE) for _ in range(1200)]
             await channel.started.wait()
-            for _ in range(5):
-                notifier.submit(NOTICE)
-        return notifier
+            during = notifier.stats()
+            channel.gate.set()
+            await notifier.drained()
+            return during, notifier.stats(), ids, channel.delivered
 
-    notifier = asyncio.run(go())
-    assert notifier.counters["test:blocked"]["dropped"] == 3
-    assert notifier.stats()["notifications_dropped"] == {"test:blocked": 3}
+    try:
+        during, after, ids, delivered = asyncio.run(go())
+        assert outbox_entries(sql, states=["pending"]) == []
+    finally:
+        sql.close()
+    # Past the 1000 an in-memory queue held: nothing dropped, the depth is the gauge.
+    assert during["notifications_pending"] == {"test:gated": 1200}
+    assert during["notifications_dropped"] == {"test:gated": 0}
+    assert after["notifications_pending"] == {"test:gated": 0}
+    assert after["notifications_delivered"] == {"test:gated": 1200}
+    assert delivered == ids  # in the order they were written
+
+
+class Faulty(Channel):
+    """A channel whose code raises something that is not a delivery error."""
+
+    kind = "test"
+
+    def __init__(self) -> None:
+        self.name = "faulty"
+        self.retry = Retry(max_attempts=3, initial_s=0.0)
+
+    async def open(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing held."""
+
+    async def attempt(self, notification: Notification, delivery_id: str) -> None:
+        raise KeyError(notification.event)
+
+
+def test_a_fault_in_a_channel_fails_the_row_with_the_error() -> None:
+    delivery = deliver(Faulty(), NOTICE)
+    assert counts(delivery, "test:faulty")["failed"] == 1
+    (entry,) = delivery.entries
+    assert (entry.state, entry.attempts) == ("failed", 1)
+    assert entry.last_error == "KeyError: 'alert.opened'"
+
+
+def test_a_damaged_row_is_dropped_and_the_next_one_delivered(receiver: Receiver) -> None:
+    sql = migrated()
+    channel = webhook(receiver.url)
+    sql.execute(
+        f"INSERT INTO {OUTBOX_TABLE} (delivery_id, channel, event, payload, state, attempts, "
+        "created_at, next_at) VALUES ('d-1', 'webhook:ops', 'alert.opened', '{not json', "
+        "'pending', 0, 0, 0)"
+    )
+
+    async def go() -> dict[str, object]:
+        async with Notifier([channel], sql=sql) as notifier:
+            notifier.submit(NOTICE)
+            await notifier.drained()
+            return notifier.stats()
+
+    try:
+        stats = asyncio.run(go())
+        damaged, good = outbox_entries(sql)
+    finally:
+        sql.close()
+    assert stats["notifications_dropped"] == {"webhook:ops": 1}
+    assert stats["notifications_delivered"] == {"webhook:ops": 1}
+    assert damaged.state == "failed"
+    assert damaged.last_error is not None
+    assert damaged.last_error.startswith("the stored payload is not JSON")
+    assert good.state == "delivered"
+    assert [json.loads(r.body) for r in receiver.requests] == [
+        {"event": "alert.opened", "alert": dict(NOTICE.alert)}
+    ]
+
+
+def test_delivered_rows_are_pruned_after_the_retention(receiver: Receiver) -> None:
+    sql = migrated()
+    clock = Clock(T0)
+
+    async def go() -> list[int]:
+        async with Notifier([webhook(receiver.url)], sql=sql, clock=clock) as notifier:
+            notifier.submit(NOTICE)
+            await notifier.drained()
+            # A refused one, kept longer for the operators to look into.
+            receiver.statuses = [410]
+            notifier.submit(NOTICE)
+            await notifier.drained()
+            clock.now = T0 + 7 * 86_400 - 1
+            kept = notifier.prune()
+            clock.now = T0 + 7 * 86_400 + 1
+            week = notifier.prune()
+            clock.now = T0 + 30 * 86_400 + 1
+            month = notifier.prune()
+            return [kept, week, month]
+
+    try:
+        assert asyncio.run(go()) == [0, 1, 1]
+        assert outbox_entries(sql) == []
+    finally:
+        sql.close()
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -586,6 +742,8 @@ def test_the_service_counters_show_in_the_stats_route(registry: Store) -> None:
     body = ApiClient(app, role="operator").get("/api/v1/stats").json()
     assert body["alerts"]["evaluations"] == 0
     assert body["alerts"]["evaluation_errors"] == 0
+    assert body["alerts"]["notifications_pending"] == {}
+    assert body["alerts"]["notification_outbox_errors"] == 0
 
 
 def test_a_failed_evaluation_is_counted_and_the_next_one_runs(registry: Store) -> None:
@@ -609,3 +767,178 @@ def test_a_failed_evaluation_is_counted_and_the_next_one_runs(registry: Store) -
     assert service.evaluation_errors == 1
     assert len(calls) >= 2
     assert service.stats()["evaluation_errors"] == 1
+
+
+# --- durability: the outbox table, restarts, several fleet processes -----------------------------
+
+
+def hook_config(receiver: Receiver, retry: Retry = FAST) -> AlertConfig:
+    hook = WebhookConfig(name="ops", url=receiver.url, secret=SECRET, retry=retry)
+    return AlertConfig(interval_s=3600, notify=NotifyConfig(webhooks=(hook,)))
+
+
+def with_gateway(store: Store) -> Store:
+    store.create_gateway(
+        GW1,
+        name="gw 1",
+        sign_public_key=raw_public(Ed25519PrivateKey.generate()),
+        seal_public_key=raw_public(X25519PrivateKey.generate()),
+        created=T0,
+    )
+    store.gateway_heard(GW1, T0)
+    return store
+
+
+def test_a_retry_waiting_at_a_stop_is_sent_by_the_next_service(
+    store_factory: StoreFactory, receiver: Receiver
+) -> None:
+    receiver.statuses = [503]
+    config = hook_config(receiver, Retry(max_attempts=3, initial_s=60.0, max_s=60.0))
+    first = with_gateway(store_factory())
+    # The notifiers' clocks stand still: the retry is due 60 s after the failure, which the
+    # first service never reaches and the second one starts past.
+    sent_at = Clock(T0)
+
+    async def run_first() -> None:
+        notifier = Notifier.from_config(config.notify, sql=first.sql, clock=sent_at)
+        async with alert_service(first, config, notifier=notifier, clock=Clock(T0 + 300)) as svc:
+            await svc.wait_evaluations(1)
+            await notifier.wait_until(lambda: notifier.counters["webhook:ops"]["retried"] == 1)
+
+    asyncio.run(run_first())
+    second = store_factory()
+    (waiting,) = outbox_entries(second.sql)
+    assert (waiting.state, waiting.attempts, waiting.next_at) == ("pending", 1, T0 + 60)
+    assert waiting.last_error == "the receiver answered 503"
+    assert waiting.claimed_by is None
+
+    async def run_second() -> dict[str, object]:
+        notifier = Notifier.from_config(config.notify, sql=second.sql, clock=Clock(T0 + 61))
+        async with alert_service(second, config, notifier=notifier, clock=Clock(T0 + 301)) as svc:
+            await svc.wait_evaluations(1)
+            await notifier.drained()
+            return svc.stats()
+
+    stats = asyncio.run(run_second())
+    assert stats["opened"] == 0  # the alert was already open: nothing new to send
+    assert stats["notifications_delivered"] == {"webhook:ops": 1}
+    assert stats["notifications_pending"] == {"webhook:ops": 0}
+    (done,) = outbox_entries(second.sql)
+    assert (done.id, done.state, done.attempts) == (waiting.id, "delivered", 2)
+    assert [r.headers[DELIVERY_HEADER] for r in receiver.requests] == [waiting.delivery_id] * 2
+    assert [json.loads(r.body)["event"] for r in receiver.requests] == ["alert.opened"] * 2
+
+
+def test_a_delivery_cut_short_by_a_stop_is_sent_by_the_next_service(
+    store_factory: StoreFactory, receiver: Receiver
+) -> None:
+    receiver.hold = True
+    first = store_factory()
+
+    async def run_first() -> str:
+        async with Notifier([webhook(receiver.url)], sql=first.sql) as notifier:
+            delivery_id = notifier.submit(NOTICE)
+            await asyncio.to_thread(receiver.arrived.wait, 30)
+        return delivery_id
+
+    delivery_id = asyncio.run(run_first())
+    receiver.hold = False
+    second = store_factory()
+    (cut,) = outbox_entries(second.sql)
+    # The stop gave the row back: no claim for the next service to wait out.
+    assert (cut.state, cut.attempts, cut.claimed_by) == ("pending", 0, None)
+
+    async def run_second() -> int:
+        async with Notifier([webhook(receiver.url)], sql=second.sql) as notifier:
+            await notifier.drained()
+            return notifier.counters["webhook:ops"]["delivered"]
+
+    assert asyncio.run(run_second()) == 1
+    assert [r.headers[DELIVERY_HEADER] for r in receiver.requests] == [delivery_id] * 2
+    (done,) = outbox_entries(second.sql)
+    assert (done.state, done.attempts) == ("delivered", 1)
+
+
+def test_two_services_on_one_database_send_each_notification_once(
+    store_factory: StoreFactory, receiver: Receiver
+) -> None:
+    one, two = store_factory(), store_factory()
+    receiver.statuses = [503, 503, 503]  # a few retries in the mix
+
+    async def go() -> tuple[list[str], int, int]:
+        # Short polls: each finds the rows the other one wrote, and they race for them.
+        a = Notifier([webhook(receiver.url)], sql=one.sql, owner="fleet-a", poll_interval_s=0.01)
+        b = Notifier([webhook(receiver.url)], sql=two.sql, owner="fleet-b", poll_interval_s=0.01)
+        async with a, b:
+            ids = [(a if n % 2 else b).submit(NOTICE) for n in range(30)]
+            await a.drained()
+            await b.drained()
+        return ids, a.counters["webhook:ops"]["delivered"], b.counters["webhook:ops"]["delivered"]
+
+    ids, by_a, by_b = asyncio.run(go())
+    delivered = [r.headers[DELIVERY_HEADER] for r in receiver.requests]
+    assert len(delivered) == 30 + 3
+    assert sorted(set(delivered)) == sorted(ids)
+    assert by_a + by_b == 30
+    entries = outbox_entries(one.sql)
+    assert [e.state for e in entries] == ["delivered"] * 30
+    assert sum(e.attempts for e in entries) == 33
+
+
+def test_an_alert_change_rolled_back_leaves_no_notification(
+    registry: Store, receiver: Receiver
+) -> None:
+    config = hook_config(receiver)
+    notifier = Notifier.from_config(config.notify, sql=registry.sql)
+    evaluator = AlertEvaluator(registry, config, notifier=notifier)
+    registry.gateway_heard(GW1, T0)
+    real = notifier.enqueue
+
+    def then_fail(db: Sql, notification: Notification) -> str:
+        real(db, notification)
+        raise DatabaseFault("disk I/O error")
+
+    notifier.enqueue = then_fail  # type: ignore[method-assign]
+    with pytest.raises(DatabaseFault):
+        evaluator.evaluate(T0 + 300)
+    assert list_alerts(registry).items == []
+    assert outbox_entries(registry.sql) == []
+    notifier.enqueue = real  # type: ignore[method-assign]
+    (change,) = evaluator.evaluate(T0 + 300)
+    (entry,) = outbox_entries(registry.sql)
+    assert (entry.event, entry.state, entry.channel) == ("alert.opened", "pending", "webhook:ops")
+    payload = registry.sql.scalar(f"SELECT payload FROM {OUTBOX_TABLE} WHERE id = ?", [entry.id])
+    assert json.loads(payload)["alert"] == alert_json(change.alert)
+    # An evaluation that changes nothing writes nothing.
+    assert evaluator.evaluate(T0 + 310) == []
+    assert len(outbox_entries(registry.sql)) == 1
+
+
+def test_a_row_claimed_by_a_process_that_died_is_sent_once_its_claim_runs_out(
+    store: Store, receiver: Receiver
+) -> None:
+    clock = Clock(T0)
+    dead = Notifier([webhook(receiver.url)], sql=store.sql, clock=clock, claim_s=300)
+    orphan = dead.submit(NOTICE)
+    # What a process leaves behind when it dies in the middle of an attempt.
+    store.sql.execute(
+        f"UPDATE {OUTBOX_TABLE} SET claimed_by = 'fleet-dead', claimed_until = ?",
+        [T0 + 300],
+    )
+    clock.now = T0 + 10
+
+    async def go() -> str:
+        live = Notifier([webhook(receiver.url)], sql=store.sql, clock=clock, owner="fleet-live")
+        async with live:
+            later = live.submit(NOTICE)
+            await live.wait_until(lambda: live.counters["webhook:ops"]["delivered"] == 1)
+            # Still claimed: only the row behind it went out.
+            assert [r.headers[DELIVERY_HEADER] for r in receiver.requests] == [later]
+            clock.now = T0 + 301
+            live.wake()
+            await live.drained()
+        return later
+
+    later = asyncio.run(go())
+    assert [r.headers[DELIVERY_HEADER] for r in receiver.requests] == [later, orphan]
+    assert [e.state for e in outbox_entries(store.sql)] == ["delivered", "delivered"]

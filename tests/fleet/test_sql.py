@@ -112,3 +112,11 @@ def test_connect_picks_the_backend_by_target(tmp_path: Path) -> None:
     assert db.scalar("PRAGMA journal_mode") == "wal"
     assert "t" not in db.table_names()
     db.close()
+
+
+def test_an_integer_past_64_bits_is_refused_data_not_a_crash(sql: SqliteSql) -> None:
+    with pytest.raises(DataRefused):
+        sql.query("SELECT * FROM t WHERE id = ?", [2**63])
+    with pytest.raises(DataRefused):
+        sql.execute("INSERT INTO t (id, name) VALUES (?, ?)", [2**64, "big"])
+    assert names(sql) == []

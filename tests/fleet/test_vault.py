@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from owlgate.codecs.lorawan import AesKey, JoinRequest
+from owlgate.fleet import audit
 from owlgate.fleet.cli import KEK_FILE, fleet_command
 from owlgate.fleet.joinserver import JoinServer
 from owlgate.fleet.store import KEY_COLUMNS, Store
@@ -414,6 +415,11 @@ def test_no_key_is_in_the_database_file_in_plaintext_before_or_after_rotation(
     new_vault = KeyVault.from_file(new_kek)
     with Store(db, vault=new_vault) as store:
         assert _store_keys(store) == stored_keys
+        # The rotation is in the audit log: who, which KEK ids, how many keys.
+        (event,) = audit.events(store.sql, action="keys.rewrapped").items
+        assert event.actor.startswith("cli:")
+        assert event.target == "kek-id:k2"
+        assert event.details["rewrapped"] == len(stored_keys)
     # Nothing in plaintext, and the blobs wrapped under the old KEK are gone from the file.
     new_secret = bytes.fromhex(json.loads(new_kek.read_text())["kek"])
     assert _found(db, stored_keys | {kek, new_secret}) == set()
