@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -165,6 +166,30 @@ _ACCEPT_POLL_S: Final = 0.02
 _CONNECT_TIMEOUT_S: Final = 1.0
 
 
+class ServerProcess(ABC):
+    """A server run as a child process for tests and benchmarks: :meth:`start` returns once
+    it serves, :meth:`stop` ends it; as a context manager, started on entry and stopped on
+    exit."""
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 class MosquittoFailed(ProcessFailed):
     """Mosquitto could not be run, exited before it listened, or did not listen in time."""
 
@@ -204,7 +229,7 @@ def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(tail) if tail else "(empty)"
 
 
-class MosquittoProcess:
+class MosquittoProcess(ServerProcess):
     """A Mosquitto broker as a child process, with its configuration, logs and (optionally)
     persistence in ``folder``, listening on ``127.0.0.1:port`` only, anonymous clients allowed.
 
@@ -409,18 +434,6 @@ class MosquittoProcess:
         self.stop()
         self.start()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
@@ -459,7 +472,7 @@ def find_postgres() -> Path | None:
     return max(installs, key=version) if installs else None
 
 
-class PostgresProcess:
+class PostgresProcess(ServerProcess):
     """A PostgreSQL server as a child process: a new cluster (``initdb``, trust
     authentication, superuser ``postgres``) in a data folder of its own, listening on
     ``127.0.0.1:port`` only (``port`` defaults to a free one) and on a Unix socket in the
@@ -672,15 +685,3 @@ class PostgresProcess:
         if self._temporary_data:
             shutil.rmtree(data, ignore_errors=True)
             self._temporary_data = False
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
