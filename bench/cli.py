@@ -21,6 +21,7 @@ from . import (
     edge_bench,
     fleet_bench,
     offline_bench,
+    ota_bench,
     serial_bench,
 )
 from .figures import Figure
@@ -33,6 +34,7 @@ SUITES = {
     "offline": offline_bench.run,
     "api": api_bench.run,
     "serial": serial_bench.run,
+    "ota": ota_bench.run,
 }
 
 bench_command = typer.Typer(
