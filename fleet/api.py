@@ -529,13 +529,14 @@ def create_app(
 
     # The feature routers import this module inside router(), so these imports are here.
     from . import alerts as alerts_module
-    from . import brokerauth, bulk, export, views
+    from . import brokerauth, bulk, configs, export, views
 
     app.include_router(alerts_module.router(alerts))
     app.include_router(views.router())
     app.include_router(bulk.router())
     app.include_router(export.router())
     app.include_router(brokerauth.router(on_change=on_broker_change))
+    app.include_router(configs.router())
     return app
 
 

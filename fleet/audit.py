@@ -45,6 +45,10 @@ ACTIONS: Final = (
     "keys.exported",
     "alert.acknowledged",
     "broker.credentials_issued",
+    "broker.credentials_revoked",
+    "device.site_changed",
+    "keys.rewrapped",
+    "config.changed",
 )
 
 

@@ -13,7 +13,8 @@ says where they belong:
   :mod:`owlgate.fleet.notify`);
 - ``0300``-``0399``: application views, exports and retention (:mod:`owlgate.fleet.views`,
   :mod:`owlgate.fleet.export`);
-- ``0400``-``0499``: broker credentials (:mod:`owlgate.fleet.brokerauth`).
+- ``0400``-``0499``: broker credentials (:mod:`owlgate.fleet.brokerauth`);
+- ``0500``-``0599``: configuration layers and gateway groups (:mod:`owlgate.fleet.configs`).
 
 Each module that owns tables is listed in :data:`FEATURE_MODULES` and imported by
 :func:`apply`, so a store always has every table whatever the caller imported.
@@ -42,6 +43,7 @@ FEATURE_MODULES: Final = (
     "owlgate.fleet.views",
     "owlgate.fleet.export",
     "owlgate.fleet.brokerauth",
+    "owlgate.fleet.configs",
 )
 
 

@@ -330,6 +330,15 @@ def test_openapi_lists_every_route(client: ApiClient) -> None:
         "/api/v1/broker/fleet-account/credentials",
         "/api/v1/broker/gateways/{gateway_id}/credentials",
         "/api/v1/broker/gateways/{gateway_id}/credentials/rotate",
+        "/api/v1/config/defaults",
+        "/api/v1/config/defaults/versions",
+        "/api/v1/config/groups/{group}",
+        "/api/v1/config/groups/{group}/versions",
+        "/api/v1/config/gateways/{gateway_id}",
+        "/api/v1/config/gateways/{gateway_id}/versions",
+        "/api/v1/config/diff",
+        "/api/v1/gateways/{gateway_id}/group",
+        "/api/v1/gateways/{gateway_id}/config/effective",
     }
 
 
@@ -341,6 +350,7 @@ def test_every_route_is_documented(client: ApiClient) -> None:
         "fleet-alerts.md",
         "fleet-data.md",
         "fleet-broker.md",
+        "fleet-config.md",
     )
     doc = "\n".join((REPO / "docs" / name).read_text() for name in pages)
     for path, methods in client.get("/openapi.json").json()["paths"].items():
