@@ -446,7 +446,7 @@ def _host_port(value: object) -> tuple[str, int] | None:
         return None
     host, colon, port_text = value.rpartition(":")
     host = host.strip("[]")
-    if not colon or not host or not port_text.isdigit():
+    if not colon or not host or not (port_text.isascii() and port_text.isdigit()):
         return None
     port = int(port_text)
     return (host, port) if 0 < port < 65536 else None

@@ -108,7 +108,7 @@ def read_memory(path: Path = PROC_MEMINFO) -> tuple[int, int] | None:
         name, _, rest = line.partition(":")
         parts = rest.split()
         # Lines look like "MemTotal:        3884096 kB".
-        if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
+        if len(parts) == 2 and parts[1] == "kB" and parts[0].isascii() and parts[0].isdigit():
             fields[name.strip()] = int(parts[0]) * _KIB
     total = fields.get("MemTotal")
     available = fields.get("MemAvailable")

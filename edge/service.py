@@ -210,7 +210,7 @@ def journal_connected(
     by children whose stderr may point elsewhere (systemd.exec(5), ``$JOURNAL_STREAM``)."""
     value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
     device, _, inode = value.partition(":")
-    if not device.isdigit() or not inode.isdigit():
+    if not (device.isascii() and device.isdigit()) or not (inode.isascii() and inode.isdigit()):
         return False
     target = sys.stderr if stream is None else stream
     try:

@@ -714,7 +714,7 @@ def list_alerts(
             where.append(f"{column} = ?")
             params.append(value)
     if after is not None:
-        if not after.isdigit():
+        if not (after.isascii() and after.isdigit()):
             raise InvalidError(f"not an alerts cursor: {after!r}")
         where.append("id < ?")
         params.append(int(after))

@@ -383,7 +383,8 @@ def layer_versions(
     stored = _checked_name(db, layer, name)
     below = MAX_VERSION + 1
     if after is not None:
-        if not after.isdigit() or not 1 <= int(after) <= MAX_VERSION:
+        # ASCII digits only: str.isdigit() is also true of '²', which int() refuses.
+        if not (after.isascii() and after.isdigit()) or not 1 <= int(after) <= MAX_VERSION:
             raise InvalidError(f"after must be a version number (the 'next' cursor), got {after!r}")
         below = int(after)
     rows = db.query(

@@ -159,7 +159,7 @@ def verify_signature(
     timestamp is within ``tolerance_s`` of ``now``."""
     parts = dict(part.partition("=")[::2] for part in header.split(","))
     stamp, given = parts.get("t", ""), parts.get("v1", "")
-    if not stamp.isdigit() or abs(now - int(stamp)) > tolerance_s:
+    if not (stamp.isascii() and stamp.isdigit()) or abs(now - int(stamp)) > tolerance_s:
         return False
     expected = signature(secret, body, int(stamp)).partition(",v1=")[2]
     return hmac.compare_digest(expected, given)
