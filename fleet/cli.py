@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -46,16 +46,17 @@ from .brokerauth import (
     reload_mosquitto,
     write_mosquitto_files,
 )
+from .cli_common import DbOption, cli_actor, shown_db
+from .cli_common import fail as _fail
 from .control import ControlService, control_service
 from .export import DEFAULT_RETENTION_INTERVAL_S, RetentionPolicy, retention_service
 from .ingest import DEFAULT_VERIFY_WORKERS, ingest_service
 from .joinserver import dev_addr_prefix
 from .mqtt import InstanceNameError, check_instance, default_instance
-from .sql import is_postgres_url, redacted
+from .sql import is_postgres_url
 from .store import FleetError, Store
 from .vault import KeyVault, VaultError
 
-EXIT_BAD_INPUT = 2
 DEFAULT_DB = "owlgate-fleet.sqlite3"
 #: File names of a seeded gateway's private keys under ``KEYS_DIR/<gateway_id>/``.
 IDENTITY_KEY_FILE = "identity-ed25519.pem"
@@ -82,20 +83,10 @@ fleet_command = typer.Typer(
 )
 
 
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(EXIT_BAD_INPUT)
-
-
 def db_folder(db: str | Path) -> Path:
     """The "DB folder" the defaults of the key files are relative to: the SQLite file's
     folder, or the current directory for a ``postgresql://`` URL."""
     return Path.cwd() if is_postgres_url(db) else Path(db).parent
-
-
-def shown_db(db: str | Path) -> str:
-    """``db`` for messages: a URL without its password."""
-    return redacted(str(db)) if is_postgres_url(db) else str(db)
 
 
 def default_kek_file(db: str | Path) -> Path:
@@ -153,17 +144,6 @@ def load_vault(
         _fail(f"--kek-file: {err.message}{hint}")
     except OSError as err:
         _fail(f"--kek-file {path}: {err.strerror or err}")
-
-
-DbOption = Annotated[
-    str,
-    typer.Option(
-        "--db",
-        metavar="FILE|URL",
-        help="the fleet database: a SQLite file, or a postgresql://USER@HOST:PORT/NAME URL "
-        "(password from PGPASSWORD or ~/.pgpass)",
-    ),
-]
 
 
 def _check_db_folder(db: str) -> None:
@@ -819,7 +799,6 @@ def rotate_kek(
             # After the rewrap's own transaction: it ends with a WAL checkpoint, which SQLite
             # cannot run inside one.
             from .audit import record_event
-            from .cli_auth import cli_actor
 
             record_event(
                 store.sql,

@@ -10,24 +10,21 @@ actor ``cli:<login name>``.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
 from owlgate.codecs.errors import OwlgateError
 
-from . import audit, schema
+from . import audit
 from .auth import ROLES, Role, create_token, revoke_token, token_id_of, tokens
-from .sql import Sql, connect, is_postgres_url
+from .cli_common import DbOption, cli_actor, open_db
+from .cli_common import fail as _fail
 
-EXIT_BAD_INPUT = 2
 SECONDS_PER_DAY = 86400.0
 
 token_command = typer.Typer(
@@ -36,42 +33,6 @@ token_command = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-DbOption = Annotated[
-    str,
-    typer.Option("--db", help="the fleet database: a SQLite file or a postgresql:// URL"),
-]
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(EXIT_BAD_INPUT)
-
-
-def cli_actor() -> str:
-    """Who the audit log names for a change made from this command line."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"cli:{user}"
-
-
-@contextmanager
-def open_db(db: str) -> Iterator[Sql]:
-    """The database at ``db``, migrated; a one-line error and exit 2 when it cannot be
-    opened. A SQLite file must exist already (a typo must not create an empty fleet)."""
-    if not is_postgres_url(db) and db != ":memory:" and not Path(db).is_file():
-        _fail(f"--db {db}: no such database (`owlgate fleet seed` or `serve` creates one)")
-    try:
-        sql = connect(db if is_postgres_url(db) else Path(db))
-        schema.apply(sql)
-    except OwlgateError as err:
-        _fail(f"--db {db}: {err}")
-    try:
-        yield sql
-    finally:
-        sql.close()
 
 
 def write_token_file(path: Path, token: str) -> Path:

@@ -14,16 +14,14 @@ its hash. Each change is recorded in the audit log as done by ``cli:<user>``.
 
 from __future__ import annotations
 
-import getpass
 import os
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
 from owlgate.codecs.errors import OwlgateError
 
-from . import schema
 from .brokerauth import (
     FLEET_ACCOUNT,
     BrokerAuthError,
@@ -36,9 +34,9 @@ from .brokerauth import (
     revoke_credentials,
     write_mosquitto_files,
 )
-from .sql import Sql, connect, is_postgres_url
-
-EXIT_BAD_INPUT = 2
+from .cli_common import DbOption, open_db
+from .cli_common import cli_actor as _actor
+from .cli_common import fail as _fail
 
 broker_command = typer.Typer(
     name="broker",
@@ -47,9 +45,6 @@ broker_command = typer.Typer(
     add_completion=False,
 )
 
-Db = Annotated[
-    str, typer.Option("--db", help="the fleet database: a SQLite file or a postgresql:// URL")
-]
 PasswordOut = Annotated[
     Path | None,
     typer.Option(
@@ -60,29 +55,6 @@ PasswordOut = Annotated[
 Rotate = Annotated[
     bool, typer.Option("--rotate", help="replace the existing password (the old one stops)")
 ]
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(EXIT_BAD_INPUT)
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return f"cli:uid-{os.getuid()}"
-
-
-def _open(db: str) -> Sql:
-    if not is_postgres_url(db) and not Path(db).is_file():
-        _fail(f"--db {db}: no fleet database there (create one with `owlgate fleet seed`)")
-    try:
-        sql = connect(db)
-        schema.apply(sql)
-    except OwlgateError as err:
-        _fail(f"--db {db}: {err}")
-    return sql
 
 
 def _check_password_out(path: Path | None) -> None:
@@ -117,25 +89,23 @@ def _deliver(issued: IssuedCredentials, path: Path | None) -> None:
 @broker_command.command("credentials")
 def credentials(
     gateway: Annotated[str, typer.Argument(help="the gateway id (16 hex digits)")],
-    db: Db,
+    db: DbOption,
     rotate: Rotate = False,
     password_out: PasswordOut = None,
 ) -> None:
     """Issue a gateway's MQTT password (user name: the gateway id)."""
     _check_password_out(password_out)
-    sql = _open(db)
-    try:
-        issued = issue_gateway_credentials(sql, gateway, actor=_actor(), rotate=rotate)
-    except OwlgateError as err:
-        _fail(str(err))
-    finally:
-        sql.close()
+    with open_db(db) as sql:
+        try:
+            issued = issue_gateway_credentials(sql, gateway, actor=_actor(), rotate=rotate)
+        except OwlgateError as err:
+            _fail(str(err))
     _deliver(issued, password_out)
 
 
 @broker_command.command("fleet-account")
 def fleet_account(
-    db: Db,
+    db: DbOption,
     username: Annotated[
         str, typer.Option("--username", help="the service account's user name")
     ] = FLEET_ACCOUNT,
@@ -144,40 +114,33 @@ def fleet_account(
 ) -> None:
     """Issue the MQTT password of the fleet's own service account."""
     _check_password_out(password_out)
-    sql = _open(db)
-    try:
-        issued = issue_fleet_credentials(sql, actor=_actor(), username=username, rotate=rotate)
-    except OwlgateError as err:
-        _fail(str(err))
-    finally:
-        sql.close()
+    with open_db(db) as sql:
+        try:
+            issued = issue_fleet_credentials(sql, actor=_actor(), username=username, rotate=rotate)
+        except OwlgateError as err:
+            _fail(str(err))
     _deliver(issued, password_out)
 
 
 @broker_command.command("revoke")
 def revoke(
     username: Annotated[str, typer.Argument(help="a gateway id or a service account name")],
-    db: Db,
+    db: DbOption,
 ) -> None:
     """Revoke an account's MQTT password (write the files and reload the broker after)."""
-    sql = _open(db)
-    try:
-        revoke_credentials(sql, username, actor=_actor())
-    except OwlgateError as err:
-        _fail(str(err))
-    finally:
-        sql.close()
+    with open_db(db) as sql:
+        try:
+            revoke_credentials(sql, username, actor=_actor())
+        except OwlgateError as err:
+            _fail(str(err))
     typer.echo(f"{username}: broker credentials revoked")
 
 
 @broker_command.command("list")
-def listing(db: Db) -> None:
+def listing(db: DbOption) -> None:
     """Every broker account, active or revoked (no secrets)."""
-    sql = _open(db)
-    try:
+    with open_db(db) as sql:
         states = credential_states(sql)
-    finally:
-        sql.close()
     for state in states:
         status = "active" if state.active else "revoked"
         typer.echo(f"{state.username}\t{state.kind}\t{status}")
@@ -186,18 +149,15 @@ def listing(db: Db) -> None:
 @broker_command.command("write-files")
 def write_files(
     out: Annotated[Path, typer.Option("--out", help="folder for the Mosquitto files")],
-    db: Db,
+    db: DbOption,
     reload_pid: Annotated[
         int | None,
         typer.Option("--reload-pid", help="send this Mosquitto process SIGHUP afterwards"),
     ] = None,
 ) -> None:
     """Write Mosquitto's password file, ACL file and a config snippet naming them."""
-    sql = _open(db)
-    try:
+    with open_db(db) as sql:
         policy = load_policy(sql)
-    finally:
-        sql.close()
     try:
         files = write_mosquitto_files(policy, out)
         if reload_pid is not None:

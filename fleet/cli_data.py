@@ -25,14 +25,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Annotated, NoReturn
+from typing import IO, Annotated
 
 import typer
 
 from owlgate.codecs.errors import OwlgateError
 
 from .bulk import BulkFormat, detect_format, export_registry, import_registry
-from .cli_auth import cli_actor
+from .cli_common import DbOption, cli_actor
+from .cli_common import fail as _fail
 from .export import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BUCKET_S,
@@ -47,7 +48,6 @@ from .sql import is_postgres_url
 from .store import Store
 
 EXIT_REJECTED = 1
-EXIT_BAD_INPUT = 2
 
 data_command = typer.Typer(
     name="data",
@@ -56,14 +56,6 @@ data_command = typer.Typer(
     add_completion=False,
 )
 
-DbOption = Annotated[
-    str,
-    typer.Option(
-        "--db",
-        metavar="FILE|URL",
-        help="the fleet database: a SQLite file or a postgresql:// URL",
-    ),
-]
 KekFile = Annotated[
     Path | None,
     typer.Option("--kek-file", metavar="FILE", help="the key-encryption key (JSON, mode 0600)"),
@@ -76,11 +68,6 @@ OutputOption = Annotated[
     Path | None,
     typer.Option("--output", "-o", metavar="FILE", help="write here [standard output]"),
 ]
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(EXIT_BAD_INPUT)
 
 
 @contextmanager
