@@ -18,6 +18,19 @@ message the broker alone vouches for.
 
     { 5: [* sealed session (bstr)], ? 6: [* removed DevEUI (bstr .size 8)], ? 7: true }
 
+``owlgate/v1/gw/{id}/config/status`` — :class:`ConfigStatus`, gateway to fleet::
+
+    { 8: state (tstr), 9: seq (uint), 13: at (uint, s), ? 10: content hash (bstr .size 32),
+      ? 11: reason (tstr), ? 12: detail (tstr), ? 14: running hash (bstr .size 32) }
+
+What the gateway did with a configuration document (:mod:`owlgate.codecs.configdoc`):
+``received`` (it verified and is applying it), ``applied`` (it runs it and passed its
+self-check), ``rejected`` (refused before applying; ``reason`` is a
+:class:`~owlgate.codecs.configdoc.Reason` value) or ``rolled_back`` (applied, failed its
+self-check, and the last good configuration runs again; ``reason`` names the check). ``seq``
+is the document's, 0 when it could not be read; ``running hash`` the content hash of the
+configuration the gateway runs after this step, so the fleet sees drift at once.
+
 Key 7, ``complete``, marks the last of the updates that answer a gateway's ``online``: with
 it the gateway has every session the fleet holds for it (an answer is split over several
 updates when there are many devices; MQTT keeps their order on the topic, MQTT 3.1.1 section
@@ -37,15 +50,20 @@ from .errors import SchemaError
 from .node import cbor
 
 __all__ = [
+    "CONFIG_STATES",
+    "ConfigStatus",
     "JoinAnswer",
     "JoinForward",
     "SessionUpdate",
+    "decode_config_status",
     "decode_join_answer",
     "decode_join_forward",
     "decode_session_update",
+    "encode_config_status",
     "encode_join_answer",
     "encode_join_forward",
     "encode_session_update",
+    "short_detail",
 ]
 
 _TOKEN = 1
@@ -56,6 +74,21 @@ _REFUSAL = 4
 _SESSIONS = 5
 _REMOVED = 6
 _COMPLETE = 7
+_STATE = 8
+_SEQ = 9
+_CONTENT_HASH = 10
+_REASON = 11
+_DETAIL = 12
+_AT = 13
+_RUNNING_HASH = 14
+#: What a gateway reports about a configuration document, in the order they can happen.
+CONFIG_STATES = ("received", "applied", "rejected", "rolled_back")
+#: A reason is a short word (``signature``, ``replayed``, ``radio``...): it is counted and
+#: grouped by; the detail is the sentence for people, bounded so a report stays small. Both
+#: limits are in bytes of UTF-8, as CDDL's ``.size`` counts them.
+MAX_REASON_CHARS = 32
+MAX_DETAIL_CHARS = 240
+_HASH_SIZE = 32
 _U64_END = 1 << 64
 
 
@@ -92,6 +125,19 @@ class SessionUpdate:
     sealed_sessions: list[bytes] = field(default_factory=list)
     removed: list[bytes] = field(default_factory=list)
     complete: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigStatus:
+    """What a gateway did with configuration document ``seq`` (see the module docstring)."""
+
+    state: str
+    seq: int
+    at: int
+    content_hash: bytes | None = None
+    reason: str | None = None
+    detail: str | None = None
+    running_hash: bytes | None = None
 
 
 def _map(data: bytes, what: str, allowed: set[int]) -> dict[int, object]:
@@ -199,3 +245,70 @@ def decode_session_update(data: bytes) -> SessionUpdate:
         [_bytes(entry, "a removed DevEUI", (8,)) for entry in removed],
         complete=_COMPLETE in item,
     )
+
+
+def _status_checked(message: ConfigStatus) -> dict[int, object]:
+    what = "config status"
+    if message.state not in CONFIG_STATES:
+        raise SchemaError(f"{what}: state must be one of {', '.join(CONFIG_STATES)}")
+    for name, number in (("seq", message.seq), ("at", message.at)):
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < _U64_END:
+            raise SchemaError(f"{what}: {name} must be a uint below 2**64, got {number!r}")
+    content: dict[int, object] = {_STATE: message.state, _SEQ: message.seq, _AT: message.at}
+    for key, name, value in (
+        (_CONTENT_HASH, "content hash", message.content_hash),
+        (_RUNNING_HASH, "running hash", message.running_hash),
+    ):
+        if value is not None:
+            content[key] = _bytes(value, f"{what}: {name}", (_HASH_SIZE,))
+    for key, name, text, limit in (
+        (_REASON, "reason", message.reason, MAX_REASON_CHARS),
+        (_DETAIL, "detail", message.detail, MAX_DETAIL_CHARS),
+    ):
+        if text is None:
+            continue
+        if not isinstance(text, str) or not 0 < len(text.encode()) <= limit:
+            raise SchemaError(f"{what}: {name} must be text of 1..{limit} bytes (UTF-8)")
+        content[key] = text
+    return content
+
+
+def encode_config_status(message: ConfigStatus) -> bytes:
+    """The CBOR of a :class:`ConfigStatus` (sign it with the gateway's identity key).
+
+    A detail longer than :data:`MAX_DETAIL_CHARS` is refused, not cut: shorten it first
+    (:func:`short_detail`)."""
+    return cbor.dumps(_status_checked(message))
+
+
+def short_detail(text: str) -> str:
+    """``text`` on one line, cut to :data:`MAX_DETAIL_CHARS` bytes with an ellipsis if longer."""
+    line = " ".join(text.split()) or "-"
+    if len(line.encode()) <= MAX_DETAIL_CHARS:
+        return line
+    # The ellipsis is 3 bytes of UTF-8; cut whole characters, never half of one.
+    cut = line.encode()[: MAX_DETAIL_CHARS - 3].decode(errors="ignore")
+    return cut + "\u2026"
+
+
+def decode_config_status(data: bytes) -> ConfigStatus:
+    """A :class:`ConfigStatus` from its CBOR; CborError or SchemaError when malformed."""
+    item = _map(
+        data,
+        "config status",
+        {_STATE, _SEQ, _CONTENT_HASH, _REASON, _DETAIL, _AT, _RUNNING_HASH},
+    )
+    for key, name in ((_STATE, "state"), (_SEQ, "seq"), (_AT, "at")):
+        if key not in item:
+            raise SchemaError(f"config status: key {key} ({name}) is missing")
+    message = ConfigStatus(
+        state=item[_STATE],  # type: ignore[arg-type]  # checked below
+        seq=item[_SEQ],  # type: ignore[arg-type]
+        at=item[_AT],  # type: ignore[arg-type]
+        content_hash=item.get(_CONTENT_HASH),  # type: ignore[arg-type]
+        reason=item.get(_REASON),  # type: ignore[arg-type]
+        detail=item.get(_DETAIL),  # type: ignore[arg-type]
+        running_hash=item.get(_RUNNING_HASH),  # type: ignore[arg-type]
+    )
+    _status_checked(message)
+    return message
