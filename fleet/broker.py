@@ -23,6 +23,12 @@ from each client with a timeout of its keep-alive and then does nothing
 and its Will never sent. :class:`SilenceCuttingHandler` gives a client 1.5 times its
 keep-alive, as MQTT 3.1.1 section 3.1.2.10 says a server must, and then closes the
 connection, which sends the Will.
+
+**Closed connections.** amqtt 0.12 leaves the server side of a connection open on several
+of its exits from ``Broker._client_connected`` (a client that goes away before or right
+after its CONNECT, a take-over, some refusals): the socket is only found by the garbage
+collector, with a ``ResourceWarning``, and until then it holds a file descriptor.
+:class:`ClosingBroker` closes the writer whichever way a connection ends.
 """
 
 from __future__ import annotations
@@ -233,6 +239,34 @@ class PolicyTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
         return False
 
 
+class ClosingBroker(Broker):  # type: ignore[misc]
+    """amqtt's broker, closing every client connection's socket when its handling ends (see
+    the module docstring)."""
+
+    async def _client_connected(self, listener_name: str, reader: Any, writer: Any) -> None:
+        try:
+            await super()._client_connected(listener_name, reader, writer)
+        finally:
+            # WriterAdapter.close() is a no-op on a writer amqtt already closed.
+            try:
+                await writer.close()
+            except (OSError, RuntimeError) as err:
+                # The peer reset the connection before the goodbye could be flushed: drop the
+                # transport outright (its socket is closed with it).
+                log.debug("closing a client connection: %s", err)
+                stream = getattr(writer, "_writer", None)
+                transport = getattr(stream, "transport", None)
+                if transport is not None:
+                    transport.abort()
+
+
+if not hasattr(Broker, "_client_connected"):
+    # The hook above would silently stop running: better to fail at import, in the tests.
+    raise ImportError(
+        "amqtt.broker.Broker no longer has _client_connected: ClosingBroker needs updating"
+    )
+
+
 class EmbeddedBroker:
     """amqtt running in this process on 127.0.0.1, as an async context manager.
 
@@ -277,7 +311,7 @@ class EmbeddedBroker:
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
             "plugins": plugins,
         }
-        broker = Broker(config)
+        broker = ClosingBroker(config)
         try:
             await broker.start()
         except (OSError, AmqttBrokerError) as err:

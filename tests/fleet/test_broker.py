@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import socket
+from pathlib import Path
 
 import aiomqtt
 import pytest
@@ -156,3 +159,41 @@ def test_a_client_that_pings_is_not_cut() -> None:
         return seen
 
     assert asyncio.run(scenario()) == ["online"]
+
+
+def _open_sockets() -> int:
+    return sum(1 for fd in Path("/proc/self/fd").iterdir() if _is_socket(fd))
+
+
+def _is_socket(fd: Path) -> bool:
+    try:
+        return os.readlink(fd).startswith("socket:")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc (Linux)")
+def test_connections_that_end_before_connect_leave_no_socket_open() -> None:
+    # amqtt leaves these server-side sockets to the garbage collector; the embedded broker
+    # closes them itself. Collection is off, so only an explicit close can free them.
+    async def scenario() -> tuple[int, int]:
+        async with EmbeddedBroker() as broker:
+            await asyncio.sleep(0.1)
+            before = _open_sockets()
+            for _ in range(10):
+                _, writer = await asyncio.open_connection(broker.host, broker.port)
+                writer.close()
+                await writer.wait_closed()
+            # The broker notices each closed connection on its next read.
+            for _ in range(50):
+                await asyncio.sleep(0.05)
+                if _open_sockets() <= before:
+                    break
+            return before, _open_sockets()
+
+    gc.disable()
+    try:
+        before, after = asyncio.run(scenario())
+    finally:
+        gc.enable()
+    assert after <= before
