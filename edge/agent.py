@@ -7,6 +7,8 @@
                                     +--JoinRequestForward--> signed JoinForward ----+ join
     fleet --join/accept--> JoinAnswer --> RX1 TX_REQUEST, session installed
     fleet --keys-------> SessionUpdate --> sessions installed / removed
+    fleet --down-------> Downlink --> held; RX1 TX_REQUEST after the device's next uplink
+    fleet --config-----> configuration document --> the service (runtime.AgentService)
     every [health] interval_s: signed health message --------------------------> health
 
 Everything the gateway sends is signed with its identity key (``owlgate.codecs.signed``);
@@ -70,10 +72,12 @@ from ..codecs.signed import sign, verify
 from .backends import make_radio, make_wired_bus
 from .batcher import Batcher, SealedBatch
 from .config import EdgeConfig, GatewayKeys, load_keys, load_mqtt_password
+from .downlinks import DOWN_TOPIC, EdgeDownlinks
 from .errors import EdgeError, RadioError
 from .health import AgentFigures, HealthSources, collect_health
 from .lorawan_proc import JoinRequestForward, LorawanProcessor, join_accept_tx
 from .radio import RadioBackend, RadioCounters
+from .remote_config import CONFIG_TOPIC
 from .state import StateDb, UplinkOutbox
 from .uplink import TOPIC_PREFIX, Uplink, backoff_delay_s
 from .wired import WiredBus
@@ -221,6 +225,17 @@ class EdgeAgent:
         self._announced_generation = -1
         self._sessions_received = asyncio.Event()
         self.ready = asyncio.Event()
+        #: Called with each message on the ``config`` topic: the service
+        #: (:class:`~owlgate.edge.runtime.AgentService`) verifies and applies configuration
+        #: documents. Without one they are counted in ``control_rejected`` and dropped.
+        self.on_config_document: Callable[[bytes], None] | None = None
+        #: What ``status.json`` shows under ``config`` beside the running seq and hash.
+        self.config_summary: Callable[[], dict[str, Any]] | None = None
+        # Set when [health] interval_s changed while running (apply_live).
+        self._health_wake = asyncio.Event()
+        self._active_keys: GatewayKeys | None = None
+        #: Device downlinks from the fleet, held until the device's next uplink.
+        self.downlinks = EdgeDownlinks(self.gateway_id, config.gateway.state_dir, clock=clock)
 
     # --- what the demo reads ------------------------------------------------------------------
 
@@ -319,6 +334,7 @@ class EdgeAgent:
             self._state, self._processor, self._batcher = state, processor, batcher
             self._radio, self._uplink = radio, uplink
             self._wired, self._wired_batcher = wired, wired_batcher
+            self._active_keys = keys
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     await stack.enter_async_context(uplink)
@@ -327,6 +343,7 @@ class EdgeAgent:
                         await stack.enter_async_context(wired)
                     await self._supervise(keys, radio, uplink, processor, batcher, state)
             finally:
+                self._active_keys = None
                 self._state = self._processor = self._batcher = None
                 self._radio = self._uplink = None
                 self._wired = self._wired_batcher = None
@@ -347,6 +364,7 @@ class EdgeAgent:
             ("control", lambda: self._control(keys, radio, processor, batcher)),
             ("health", lambda: self._report_health(keys, radio, uplink, state)),
             ("status", lambda: self._write_status_every(radio, uplink, state)),
+            ("downlink sender", lambda: self.downlinks.send(radio)),
         ]
         wired, wired_batcher = self._wired, self._wired_batcher
         if wired is not None and wired_batcher is not None:
@@ -450,10 +468,16 @@ class EdgeAgent:
         add = batcher.add
         counters = self.counters
         started = self._batch_started
+        held_downlinks = self.downlinks.pending
         async for rx in radio.frames():
             now = clock()
             result = process(rx, now)
             if type(result) is Reading:
+                if held_downlinks and result.dev_eui in held_downlinks:
+                    # Before the batch write: RX1 opens 1 s after this uplink.
+                    self.downlinks.on_uplink(
+                        result.dev_eui, rx, self._session_keys.get(result.dev_eui)
+                    )
                 try:
                     sealed = add(result, now)
                 except OwlgateError as err:
@@ -546,6 +570,8 @@ class EdgeAgent:
         mqtt = self.config.mqtt
         accept_topic = self._prefix + JOIN_ACCEPT_TOPIC
         keys_topic = self._prefix + KEYS_TOPIC
+        down_topic = self._prefix + DOWN_TOPIC
+        config_topic = self._prefix + CONFIG_TOPIC
         attempt = 0
         while True:
             client = aiomqtt.Client(
@@ -563,7 +589,9 @@ class EdgeAgent:
             )
             try:
                 async with client:
-                    await client.subscribe([(accept_topic, 1), (keys_topic, 1)])
+                    await client.subscribe(
+                        [(accept_topic, 1), (keys_topic, 1), (down_topic, 1), (config_topic, 1)]
+                    )
                     self.control_connected = True
                     attempt = 0
                     log.info("control subscription on %s:%d", mqtt.host, mqtt.port)
@@ -575,6 +603,10 @@ class EdgeAgent:
                             await self._on_join_answer(keys, radio, processor, batcher, payload)
                         elif topic == keys_topic:
                             self._on_session_update(keys, processor, batcher, payload)
+                        elif topic == down_topic and isinstance(payload, bytes):
+                            self.downlinks.receive(payload, keys.fleet)
+                        elif topic == config_topic and isinstance(payload, bytes):
+                            self._on_config_document(payload)
             except aiomqtt.MqttError as err:
                 self.control_connected = False
                 self._control_ready.clear()
@@ -732,6 +764,76 @@ class EdgeAgent:
             return from_fleet
         return here if from_fleet is None else max(here, from_fleet)
 
+    # --- configuration documents -----------------------------------------------------------
+
+    def _on_config_document(self, payload: bytes) -> None:
+        handler = self.on_config_document
+        if handler is None:
+            self.counters.control_rejected += 1
+            log.warning("configuration document dropped: this agent runs without a service")
+            return
+        handler(payload)
+
+    def _config_status(self) -> dict[str, Any]:
+        config = self.config
+        summary: dict[str, Any] = {
+            "source": "factory" if config.document_seq is None else "document",
+            "seq": config.document_seq,
+            "hash": config.running_hash.hex(),
+        }
+        if config.devices is not None:
+            known = self._session_keys
+            summary["devices"] = len(config.devices)
+            summary["devices_without_session"] = sum(
+                dev_eui not in known for dev_eui in config.devices
+            )
+        hook = self.config_summary
+        return summary if hook is None else summary | hook()
+
+    def apply_live(self, config: EdgeConfig) -> None:
+        """Run with ``config`` from now on, for the settings that need no restart: the batch
+        limits (from the next reading on), the health interval (the wait starts again) and
+        the expected devices. The radio, MQTT and outbox settings of ``config`` must be the
+        running ones (the service restarts the agent for those)."""
+        self.config = config
+        for batcher in (self._batcher, self._wired_batcher):
+            if batcher is not None:
+                batcher.max_readings = config.batch.max_readings
+                batcher.max_age_s = config.batch.max_age_s
+        self._health_wake.set()
+
+    async def heartbeat_now(self) -> bool:
+        """Publish a health message now, at QoS 1; True once the broker acknowledged it
+        (False while not running or without a connection)."""
+        radio, uplink, state, keys = self._radio, self._uplink, self._state, self._active_keys
+        if radio is None or uplink is None or state is None or keys is None:
+            return False
+        payload = sign(encode_health(await self._health(radio, uplink, state)), keys.identity)
+        if not await uplink.publish_now(HEALTH_TOPIC, payload):
+            return False
+        self.counters.health_published += 1
+        return True
+
+    def send_durably(self, suffix: str, payload: bytes) -> bool:
+        """Write ``payload`` for ``suffix`` to the outbox (sent at least once, across restarts
+        and outages); False while the agent's state database is not open. Raises
+        :class:`~owlgate.edge.state.StateError` when the write fails."""
+        state, uplink = self._state, self._uplink
+        if state is None or uplink is None:
+            return False
+        state.put(suffix, payload, self._clock())
+        uplink.notify()
+        return True
+
+    @property
+    def radio_error(self) -> str | None:
+        """Why the radio is not connected now (its last error), None while connected or
+        before any attempt failed."""
+        radio = self._radio
+        if radio is None or radio.status.connected:
+            return None
+        return radio.status.last_error
+
     # --- readiness and status -------------------------------------------------------------
 
     async def _announce_ready(self, radio: RadioBackend) -> None:
@@ -802,7 +904,8 @@ class EdgeAgent:
             "gateway_id": self.gateway_id.hex(),
             "written_at": now,
             "agent_version": _agent_version(),
-            "config_hash": self.config.sha256.hex(),
+            "config_hash": self.config.running_hash.hex(),
+            "config": self._config_status(),
             "ready": self.ready.is_set(),
             "agent": asdict(self.counters),
             "radio": {
@@ -824,6 +927,7 @@ class EdgeAgent:
                 "direct_dropped": uplink.direct_dropped,
             },
             "control": {"connected": self.control_connected},
+            "downlinks": self.downlinks.counters.as_dict(),
             "outbox": {
                 "depth": outbox.depth,
                 "bytes": outbox.bytes,
@@ -894,9 +998,14 @@ class EdgeAgent:
     async def _report_health(
         self, keys: GatewayKeys, radio: RadioBackend, uplink: Uplink, state: StateDb
     ) -> None:
-        interval_s = self.config.health.interval_s
         while True:
-            await asyncio.sleep(interval_s)
+            # The interval may change while running (apply_live): the wait starts again.
+            self._health_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.health.interval_s):
+                    await self._health_wake.wait()
+            if self._health_wake.is_set():
+                continue
             payload = sign(encode_health(await self._health(radio, uplink, state)), keys.identity)
             if await uplink.publish_now(HEALTH_TOPIC, payload):
                 self.counters.health_published += 1
@@ -910,7 +1019,7 @@ class EdgeAgent:
             seq=self._health_seq,
             agent_started_s=self._started_monotonic,
             agent_version=_agent_version(),
-            config_hash=self.config.sha256,
+            config_hash=self.config.running_hash,
             interval_s=self.config.health.interval_s,
             radio=HealthRadioCounters(
                 received=counters.rx_received,

@@ -341,6 +341,26 @@ def _wired_lines(wired: object) -> list[str]:
     return lines
 
 
+def _config_line(status: dict[str, Any]) -> str:
+    # The running configuration: a document from the fleet (its seq and hash) or the factory
+    # edge.toml (the file's SHA-256), and what the gateway last reported about a document.
+    config = status.get("config")
+    if not isinstance(config, dict):
+        return f"config    sha256 {status.get('config_hash', '?')}"
+    if config.get("source") == "document":
+        digest = str(config.get("hash", "?"))[:16]
+        line = f"config    document seq {config.get('seq', '?')}, sha256 {digest}"
+    else:
+        line = f"config    sha256 {status.get('config_hash', '?')} (factory edge.toml)"
+    last = config.get("last_status")
+    if isinstance(last, dict):
+        reason = last.get("reason")
+        line += f"; last report: {last.get('state', '?')} seq {last.get('seq', '?')}"
+        if reason:
+            line += f" ({reason})"
+    return line
+
+
 def status_lines(status: dict[str, Any], now_s: float) -> tuple[list[str], int]:
     """The technician's view of ``status.json`` and the exit code it deserves."""
     written = status.get("written_at")
@@ -369,7 +389,7 @@ def status_lines(status: dict[str, Any], now_s: float) -> tuple[list[str], int]:
         f"oldest {_age(outbox.get('oldest_age_s'))}, "
         f"evicted {_count(outbox.get('evicted'))}",
         *_wired_lines(status.get("wired")),
-        f"config    sha256 {status.get('config_hash', '?')}",
+        _config_line(status),
         f"written   {'unknown' if age_s is None else f'{age_s:.0f} s ago'}",
     ]
     if outbox.get("warning") is True:

@@ -5,7 +5,7 @@ dataclasses, or raises one :class:`~owlgate.edge.errors.ConfigError` naming the 
 section and the key (``edge.toml: [batch] max_readings: must be an integer 1..10000, got
 "x"``). Unknown sections and keys are errors too: a misspelt key silently ignored is a setting
 that silently does not apply. Relative paths resolve against the folder of the file, so a
-configuration and its keys can move together. :func:`load_keys` then reads the three key
+configuration and its keys can move together. :func:`load_keys` then reads the key
 files the ``[gateway]`` section names, with errors of the same form.
 
 The reference of every key, with defaults, is ``docs/edge.md``.
@@ -34,6 +34,7 @@ from .wired import WiredBusError, WiredNodeSpec
 __all__ = [
     "DEFAULT_CHANNELS",
     "BatchSettings",
+    "ConfigSettings",
     "EdgeConfig",
     "GatewayKeys",
     "GatewaySettings",
@@ -73,6 +74,15 @@ DEFAULT_MAX_READINGS: Final = 100
 DEFAULT_MAX_AGE_S: Final = 0.1
 DEFAULT_OUTBOX_MB: Final = 256.0
 DEFAULT_HEALTH_INTERVAL_S: Final = 30
+#: ``[config] apply_deadline_s``: how long a configuration document from the fleet has to pass
+#: its self-check (radio up, broker reachable, a heartbeat acknowledged) before it is rolled
+#: back. A radio restart takes a few seconds; a reconnection to a broker over a cellular link
+#: may take tens.
+DEFAULT_APPLY_DEADLINE_S: Final = 30.0
+APPLY_DEADLINE_MIN_S: Final = 1.0
+APPLY_DEADLINE_MAX_S: Final = 600.0
+#: A group name, as a configuration document's target carries it: 1..64 bytes of text.
+MAX_GROUP_NAME_BYTES: Final = 64
 #: The radio backends ``[radio] backend`` names.
 RADIO_BACKENDS: Final = ("serial", "rak3172", "semtech-udp")
 #: The Semtech UDP packet forwarder's usual port (its ``serv_port_up``/``serv_port_down``).
@@ -100,6 +110,11 @@ class GatewaySettings:
     identity_key: Path
     sealing_key: Path
     fleet_key: Path
+    #: The groups a configuration document may target this gateway by (``groups``).
+    groups: tuple[str, ...] = ()
+    #: ``config_key``: the Ed25519 public key configuration documents are signed with, when
+    #: it is not the pinned fleet key (None: the fleet key).
+    config_key: Path | None = None
 
     @property
     def gateway_id_hex(self) -> str:
@@ -185,6 +200,13 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigSettings:
+    """``[config]``: how configuration documents from the fleet are applied."""
+
+    apply_deadline_s: float = DEFAULT_APPLY_DEADLINE_S
+
+
+@dataclass(frozen=True, slots=True)
 class WiredNodeSettings:
     """One ``[[wired.nodes]]`` entry: the node's bus address, its DevEUI, and the settings
     the gateway gives it (None: leave the node's own)."""
@@ -209,7 +231,15 @@ class WiredSettings:
 @dataclass(frozen=True, slots=True)
 class EdgeConfig:
     """The whole configuration; ``path`` is the file it came from and ``sha256`` the hash of
-    its bytes (the health message reports it, so the fleet sees which file a gateway runs)."""
+    its bytes.
+
+    A configuration document from the fleet (:mod:`owlgate.edge.remote_config`) overlays
+    its settings on the file's: ``document_seq`` and ``document_hash`` then name the document
+    (its seq and content hash), ``log_level`` and ``devices`` carry the two settings that
+    ``edge.toml`` has no key for (None: the file's defaults, the log level of the command
+    line and no expected device list). :attr:`running_hash` is what the health message
+    reports, so the fleet sees which configuration a gateway runs.
+    """
 
     path: Path
     sha256: bytes
@@ -220,11 +250,22 @@ class EdgeConfig:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     wired: WiredSettings | None = None
+    config: ConfigSettings = field(default_factory=ConfigSettings)
+    log_level: str | None = None
+    devices: tuple[bytes, ...] | None = None
+    document_seq: int | None = None
+    document_hash: bytes | None = None
+
+    @property
+    def running_hash(self) -> bytes:
+        """The content hash of the configuration document running, or without one the
+        SHA-256 of the file."""
+        return self.sha256 if self.document_hash is None else self.document_hash
 
     def radio_config_id(self) -> int:
-        """A ``RADIO_CONFIG`` id derived from the file (1 .. 2**32-1), so the concentrator's
-        STATS tell which configuration it runs."""
-        return int.from_bytes(self.sha256[:4], "big") or 1
+        """A ``RADIO_CONFIG`` id derived from :attr:`running_hash` (1 .. 2**32-1), so the
+        concentrator's STATS tell which configuration it runs."""
+        return int.from_bytes(self.running_hash[:4], "big") or 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +275,13 @@ class GatewayKeys:
     identity: Ed25519PrivateKey
     sealing: X25519PrivateKey
     fleet: Ed25519PublicKey
+    #: ``[gateway] config_key`` when set: the key configuration documents are signed with.
+    config_signing: Ed25519PublicKey | None = None
+
+    @property
+    def config_trusted(self) -> Ed25519PublicKey:
+        """The key a configuration document must be signed with before any rotation."""
+        return self.fleet if self.config_signing is None else self.config_signing
 
     def __repr__(self) -> str:
         return "GatewayKeys(<secret>)"
@@ -545,7 +593,7 @@ def load_config(path: Path | str) -> EdgeConfig:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(file, None, None, f"not valid TOML: {err}") from err
     folder = source.resolve().parent
-    known = ("gateway", "radio", "mqtt", "batch", "outbox", "health", "wired")
+    known = ("gateway", "radio", "mqtt", "batch", "outbox", "health", "wired", "config")
     unknown = sorted(name for name in document if name not in known)
     if unknown:
         raise ConfigError(file, unknown[0], None, f"unknown section (known: {', '.join(known)})")
@@ -569,6 +617,13 @@ def load_config(path: Path | str) -> EdgeConfig:
         identity_key=gateway.path("identity_key"),
         sealing_key=gateway.path("sealing_key"),
         fleet_key=gateway.path("fleet_key"),
+        groups=gateway.take(
+            "groups",
+            _groups,
+            f"an array of distinct group names (1..{MAX_GROUP_NAME_BYTES} bytes each)",
+            (),
+        ),
+        config_key=gateway.optional_path("config_key"),
     )
     gateway.done()
     if gateway_settings.state_dir.exists() and not gateway_settings.state_dir.is_dir():
@@ -592,6 +647,14 @@ def load_config(path: Path | str) -> EdgeConfig:
     )
     health_section.done()
     wired = _wired(section("wired")) if "wired" in document else None
+    config_section = section("config")
+    apply_deadline_s = config_section.take(
+        "apply_deadline_s",
+        _deadline,
+        f"a number {APPLY_DEADLINE_MIN_S:g}..{APPLY_DEADLINE_MAX_S:g} (seconds)",
+        DEFAULT_APPLY_DEADLINE_S,
+    )
+    config_section.done()
     return EdgeConfig(
         path=source,
         sha256=hashlib.sha256(data).digest(),
@@ -602,7 +665,25 @@ def load_config(path: Path | str) -> EdgeConfig:
         outbox=outbox,
         health=health,
         wired=wired,
+        config=ConfigSettings(apply_deadline_s),
     )
+
+
+def _groups(value: object) -> tuple[str, ...] | None:
+    if not isinstance(value, list):
+        return None
+    for name in value:
+        if not isinstance(name, str) or not 0 < len(name.encode()) <= MAX_GROUP_NAME_BYTES:
+            return None
+    if len(set(value)) != len(value):
+        return None
+    return tuple(value)
+
+
+def _deadline(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if APPLY_DEADLINE_MIN_S <= value <= APPLY_DEADLINE_MAX_S else None
 
 
 def _read_key(config: EdgeConfig, key: str, path: Path) -> bytes:
@@ -651,7 +732,8 @@ def load_mqtt_password(config: EdgeConfig) -> str | None:
 
 def load_keys(config: EdgeConfig) -> GatewayKeys:
     """Read the gateway's identity (Ed25519) and sealing (X25519) private keys, PKCS#8 PEM,
-    and the fleet's pinned Ed25519 public key, PEM; :class:`ConfigError` naming the key
+    the fleet's pinned Ed25519 public key, PEM, and the configuration signing key when
+    ``config_key`` names one; :class:`ConfigError` naming the key
     setting when a file is missing or holds something else. Keys are never shown."""
     settings = config.gateway
     file = str(config.path)
@@ -687,4 +769,21 @@ def load_keys(config: EdgeConfig) -> GatewayKeys:
         raise ConfigError(
             file, "gateway", "fleet_key", f"{settings.fleet_key} is not an Ed25519 public key"
         )
-    return GatewayKeys(identity, sealing, fleet)
+    config_signing: Ed25519PublicKey | None = None
+    if settings.config_key is not None:
+        data = _read_key(config, "config_key", settings.config_key)
+        try:
+            loaded = load_pem_public_key(data)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(
+                file, "gateway", "config_key", f"{settings.config_key} is not a PEM public key"
+            ) from err
+        if not isinstance(loaded, Ed25519PublicKey):
+            raise ConfigError(
+                file,
+                "gateway",
+                "config_key",
+                f"{settings.config_key} is not an Ed25519 public key",
+            )
+        config_signing = loaded
+    return GatewayKeys(identity, sealing, fleet, config_signing)

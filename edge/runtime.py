@@ -20,7 +20,12 @@ service manager what it does:
 - SIGHUP: the configuration file is read and checked again. A bad file is logged (naming the
   problem) and the agent keeps its old configuration; the same bytes (same SHA-256) change
   nothing; a valid new file stops the agent cleanly and starts a new one with it, in this same
-  process, between ``RELOADING=1`` and ``READY=1``.
+  process, between ``RELOADING=1`` and ``READY=1``. A configuration document from the fleet
+  that runs stays in force over the new file.
+- A configuration document from the fleet (``docs/edge-config-ota.md``) is applied here,
+  live when only the batch limits, the health interval, the log level or the device list
+  change, else by starting a new agent (``RELOADING=1`` then ``READY=1`` as for a reload);
+  then the self-check commits it or rolls it back.
 
 The exit code is 0 after a requested stop, 1 when the agent failed (systemd restarts it), 2
 for a bad configuration at start (systemd does not: ``RestartPreventExitStatus=2``).
@@ -36,13 +41,27 @@ import contextlib
 import logging
 import signal
 import sys
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from ..codecs.errors import OwlgateError
 from .agent import EdgeAgent
 from .config import EdgeConfig, GatewayKeys, load_config, load_keys
 from .errors import ConfigError
+from .remote_config import (
+    ANSWER,
+    IGNORE,
+    RESTART_PARTS,
+    STATUS_TOPIC,
+    ConfigKeeper,
+    Decision,
+    KeeperError,
+    changed_parts,
+)
 from .service import (
     LOG_FORMATS,
     configure_logging,
@@ -54,7 +73,7 @@ from .service import (
     watchdog_interval_s,
 )
 
-__all__ = ["AgentService", "main", "run"]
+__all__ = ["AgentService", "CheckResult", "main", "run"]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -64,6 +83,25 @@ EXIT_BAD_INPUT: Final = 2
 READY_GRACE_S: Final = 45.0
 #: How often STATUS= is refreshed.
 STATUS_TEXT_INTERVAL_S: Final = 10.0
+#: Configuration documents waiting to be dealt with, at most (the fleet publishes one,
+#: retained, per gateway: more than a few waiting is a flood).
+MAX_WAITING_DOCUMENTS: Final = 16
+#: The self-check fails on the radio, before its deadline, once the radio has kept failing
+#: this long: a concentrator that refuses a channel plan refuses every attempt at once, and
+#: the link retries every 0.5, 1, 2 s, so a passing hiccup clears within this.
+RADIO_REFUSAL_S: Final = 2.0
+#: The self-check's heartbeat is tried again this often until it is acknowledged.
+HEARTBEAT_RETRY_S: Final = 0.5
+CHECK_POLL_S: Final = 0.05
+#: A status report finds no agent to take it (between two agents): tried again this often.
+REPORT_RETRY_S: Final = 0.2
+#: A configuration document's ``log_level``, as the logging module counts.
+LOG_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +126,33 @@ def describe(agent: EdgeAgent) -> str:
     return f"{state}: {', '.join(parts)}"
 
 
-class AgentService:
-    """Runs one :class:`EdgeAgent` at a time until asked to stop; a reload replaces it.
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """The outcome of a self-check: passed, or failed with a ``reason`` (``radio``,
+    ``broker``, ``heartbeat``, ``apply``) and a ``detail`` for people."""
 
-    ``config`` and ``keys`` are the checked start configuration; ``agent_factory`` makes each
-    agent (tests may pass their own).
+    passed: bool
+    reason: str | None = None
+    detail: str = ""
+
+
+class AgentService:
+    """Runs one :class:`EdgeAgent` at a time until asked to stop; a reload replaces it, and
+    so does a configuration document from the fleet that changes the radio, MQTT or the
+    outbox.
+
+    ``config`` and ``keys`` are the checked start configuration (the factory ``edge.toml``);
+    ``agent_factory`` makes each agent (tests may pass their own). The configuration the
+    agent runs (:attr:`config`) is ``config`` with the stored configuration document over it
+    (:class:`~owlgate.edge.remote_config.ConfigKeeper`, in ``state_dir/config/``).
+
+    A document arrives on the agent's control connection and is applied here: verified,
+    reported ``received``, stored on trial, applied (live, or by restarting the agent), then
+    the self-check within ``[config] apply_deadline_s``: radio connected, broker connected,
+    a heartbeat acknowledged. Pass: committed and reported ``applied``. Fail: the previous
+    configuration runs again and ``rolled_back`` is reported with the check that failed.
+    A stop requested meanwhile stops at once; the next start rolls the trial back
+    (``interrupted``). A reload requested meanwhile waits until the document is settled.
     """
 
     def __init__(
@@ -101,16 +161,36 @@ class AgentService:
         keys: GatewayKeys,
         *,
         agent_factory: AgentFactory = _new_agent,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
+        self.factory_config = config
         self.keys = keys
         self.reloads = 0
         self.reloads_refused = 0
+        #: Documents dropped because too many were waiting (the newest are kept).
+        self.documents_dropped = 0
         self._factory = agent_factory
-        self._agent = agent_factory(config, keys)
+        self.keeper = ConfigKeeper(
+            config.gateway.state_dir,
+            gateway_id=config.gateway.gateway_id,
+            groups=config.gateway.groups,
+            trusted=keys.config_trusted,
+            signing_key=keys.identity,
+            clock=clock,
+        )
+        #: The configuration the agent runs: the factory file with the document over it.
+        self.config = self.keeper.boot(config)
+        self._agent = self._make_agent(self.config)
+        self._running: asyncio.Task[None] | None = None
+        self._announcer: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._pending: tuple[EdgeConfig, GatewayKeys] | None = None
+        self._documents: deque[bytes] = deque()
+        self._document_waiting = asyncio.Event()
+        self._reports_waiting = asyncio.Event()
+        self._reports_waiting.set()
+        self._base_log_level = logging.getLogger().level
 
     @property
     def agent(self) -> EdgeAgent:
@@ -135,7 +215,12 @@ class AgentService:
         )
         for number, handler in handlers:
             loop.add_signal_handler(number, handler)
-        helpers = [asyncio.create_task(self._report_status(), name="service status")]
+        self._base_log_level = logging.getLogger().level
+        self._set_log_level(self.config.log_level)
+        helpers = [
+            asyncio.create_task(self._report_status(), name="service status"),
+            asyncio.create_task(self._pump_reports(), name="config reports"),
+        ]
         interval_s = watchdog_interval_s()
         if interval_s is not None:
             log.info("watchdog: pinging every %.1f s (timeout %.1f s)", interval_s / 2, interval_s)
@@ -148,64 +233,135 @@ class AgentService:
             await asyncio.wait(helpers)
             for number, _ in handlers:
                 loop.remove_signal_handler(number)
+            logging.getLogger().setLevel(self._base_log_level)
+
+    # --- agents -----------------------------------------------------------------------------
+
+    def _make_agent(self, config: EdgeConfig) -> EdgeAgent:
+        agent = self._factory(config, self.keys)
+        agent.on_config_document = self._document_arrived
+        agent.config_summary = self.keeper.summary
+        return agent
+
+    def _launch(self) -> asyncio.Task[None]:
+        agent = self._agent
+        running = asyncio.create_task(agent.run(), name="agent")
+        self._running = running
+        self._announcer = asyncio.create_task(self._announce_ready(agent), name="readiness")
+        return running
+
+    async def _stop_agent(self) -> asyncio.Task[None]:
+        """Stop the running agent and wait until it ended; its task."""
+        running, announcer = self._running, self._announcer
+        assert running is not None
+        if announcer is not None:
+            announcer.cancel()
+            await asyncio.wait([announcer])
+        self._announcer = None
+        self._agent.stop()
+        await asyncio.wait([running])
+        return running
+
+    async def _restart(self, config: EdgeConfig, why: str) -> None:
+        """Stop the agent and start a new one with ``config`` (between ``RELOADING=1`` and
+        the new agent's ``READY=1``)."""
+        notify_reloading()
+        log.info("%s: stopping the agent to start it again", why)
+        stopped = await self._stop_agent()
+        if not stopped.cancelled() and stopped.exception() is not None:
+            log.error("the agent failed while stopping: %s", stopped.exception())
+        self.config = config
+        self._agent = self._make_agent(config)
+        self._launch()
 
     async def _serve(self) -> int:
-        while True:
-            agent = self._agent
-            running = asyncio.create_task(agent.run(), name="agent")
-            announcer = asyncio.create_task(self._announce_ready(agent), name="readiness")
-            try:
-                outcome = await self._until_event(running)
-            finally:
+        self._launch()
+        try:
+            while True:
+                outcome = await self._until_event()
+                running = self._running
+                assert running is not None
+                if outcome == "ended":
+                    return self._ended(running, requested=False)
+                if outcome == "stop":
+                    return await self._stopping()
+                if outcome == "documents":
+                    code = await self._handle_documents()
+                    if code is not None:
+                        return code
+                    continue
+                # outcome == "reload": the new configuration is checked and different.
+                new = self._pending
+                assert new is not None
+                self._pending = None
+                notify_reloading()
+                log.info("reloading: stopping the agent to start it with %s", new[0].path)
+                stopped = await self._stop_agent()
+                if not stopped.cancelled() and stopped.exception() is not None:
+                    log.error(
+                        "the agent failed while stopping for a reload: %s", stopped.exception()
+                    )
+                if self._stop.is_set():
+                    # SIGTERM came while the old agent was stopping: do not start the new one.
+                    notify_stopping()
+                    return self._ended(stopped, requested=True)
+                factory, keys = new
+                self.factory_config, self.keys = factory, keys
+                self.keeper.update(
+                    groups=factory.gateway.groups,
+                    trusted=keys.config_trusted,
+                    signing_key=keys.identity,
+                )
+                # The running document stays, over the new file.
+                self.config = self.keeper.effective(factory)
+                self._set_log_level(self.config.log_level)
+                self._agent = self._make_agent(self.config)
+                self._launch()
+                self.reloads += 1
+        finally:
+            announcer = self._announcer
+            if announcer is not None:
                 announcer.cancel()
                 await asyncio.wait([announcer])
-            if outcome == "ended":
-                return self._ended(running, requested=False)
-            if outcome == "stop":
-                notify_stopping()
-                log.info("stopping the agent")
-                agent.stop()
-                await asyncio.wait([running])
-                return self._ended(running, requested=True)
-            # outcome == "reload": the new configuration is checked and different.
-            new = self._pending
-            assert new is not None
-            self._pending = None
-            notify_reloading()
-            log.info("reloading: stopping the agent to start it with %s", new[0].path)
-            agent.stop()
-            await asyncio.wait([running])
-            if not running.cancelled() and running.exception() is not None:
-                log.error("the agent failed while stopping for a reload: %s", running.exception())
-            if self._stop.is_set():
-                # SIGTERM came while the old agent was stopping: do not start the new one.
-                notify_stopping()
-                return self._ended(running, requested=True)
-            self.config, self.keys = new
-            self._agent = self._factory(*new)
-            self.reloads += 1
 
-    async def _until_event(self, running: asyncio.Task[None]) -> str:
-        """Wait for the agent to end, a stop, or a reload with a new valid configuration."""
+    async def _stopping(self) -> int:
+        notify_stopping()
+        log.info("stopping the agent")
+        stopped = await self._stop_agent()
+        return self._ended(stopped, requested=True)
+
+    async def _until_event(self) -> str:
+        """Wait for the agent to end, a stop, a configuration document, or a reload with a
+        new valid configuration."""
         while True:
+            running = self._running
+            assert running is not None
+            if not running.done() and not self._stop.is_set() and self._documents:
+                return "documents"
             stop = asyncio.create_task(self._stop.wait())
             reload = asyncio.create_task(self._reload.wait())
+            document = asyncio.create_task(self._document_waiting.wait())
+            waits = (stop, reload, document)
             try:
-                await asyncio.wait([running, stop, reload], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait([running, *waits], return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in (stop, reload):
+                for task in waits:
                     task.cancel()
-                await asyncio.wait([stop, reload])
+                await asyncio.wait(waits)
             if running.done():
                 return "ended"
             if self._stop.is_set():
                 return "stop"
-            self._reload.clear()
-            if self._check_reload():
-                return "reload"
+            if self._documents:
+                return "documents"
+            self._document_waiting.clear()
+            if self._reload.is_set():
+                self._reload.clear()
+                if self._check_reload():
+                    return "reload"
 
     def _check_reload(self) -> bool:
-        path = self.config.path
+        path = self.factory_config.path
         try:
             config = load_config(path)
             keys = load_keys(config)
@@ -214,7 +370,7 @@ class AgentService:
             log.error("reload refused, still running the previous configuration: %s", err.message)
             notify_status(f"reload refused ({err.message}); running the previous configuration")
             return False
-        if config.sha256 == self.config.sha256:
+        if config.sha256 == self.factory_config.sha256:
             log.info("reload: %s is unchanged (sha256 %s)", path, config.sha256.hex()[:12])
             return False
         self._pending = (config, keys)
@@ -230,6 +386,251 @@ class AgentService:
             return EXIT_FAILED
         log.info("agent stopped")
         return EXIT_OK
+
+    # --- configuration documents ------------------------------------------------------------
+
+    def _document_arrived(self, payload: bytes) -> None:
+        # Called by the agent's control loop, in this event loop.
+        self._documents.append(payload)
+        while len(self._documents) > MAX_WAITING_DOCUMENTS:
+            self._documents.popleft()
+            self.documents_dropped += 1
+            log.warning(
+                "more than %d configuration documents waiting: dropped the oldest",
+                MAX_WAITING_DOCUMENTS,
+            )
+        self._document_waiting.set()
+
+    async def _handle_documents(self) -> int | None:
+        """Deal with the documents waiting, in order; an exit code when a stop came while one
+        was on trial, else None."""
+        while self._documents:
+            running = self._running
+            if self._stop.is_set() or running is None or running.done():
+                # _serve deals with those first; the documents wait (a stop drops them).
+                return None
+            payload = self._documents.popleft()
+            decision = self.keeper.consider(payload, self.factory_config, self.config)
+            if decision.action == IGNORE:
+                log.info("configuration document ignored: %s", decision.note)
+                continue
+            if decision.action == ANSWER:
+                status = decision.status
+                assert status is not None
+                log.warning("configuration document %s", decision.note)
+                try:
+                    self.keeper.send(status)
+                except KeeperError as err:
+                    log.error("configuration status not recorded: %s", err.message)
+                self._reports_waiting.set()
+                continue
+            code = await self._apply(decision)
+            if code is not None:
+                return code
+        return None
+
+    async def _apply(self, decision: Decision) -> int | None:
+        doc, new = decision.doc, decision.config
+        assert doc is not None
+        assert new is not None
+        old = self.config
+        parts = changed_parts(old, new)
+        restart = bool(parts & RESTART_PARTS)
+        changes = ", ".join(sorted(parts)) or "nothing"
+        how = "restarting the agent" if restart else "live, without a restart"
+        log.info(
+            "applying configuration document seq %d (%s): %s changed, %s",
+            doc.seq,
+            doc.content_hash.hex()[:16],
+            changes,
+            how,
+        )
+        try:
+            self.keeper.report(
+                "received",
+                doc.seq,
+                content_hash=doc.content_hash,
+                detail=f"verified; applying it {how} ({changes} changed)",
+                running_hash=old.running_hash,
+            )
+            self.keeper.begin_trial(decision)
+        except KeeperError as err:
+            log.error("configuration document seq %d not applied: %s", doc.seq, err.message)
+            self._settle_failure(decision, "apply", err.message, old)
+            return None
+        finally:
+            self._reports_waiting.set()
+        try:
+            self._take(new)
+            if restart:
+                await self._restart(new, f"configuration document seq {doc.seq}")
+            else:
+                self._agent.apply_live(new)
+        except OwlgateError as err:
+            result: CheckResult | None = CheckResult(False, "apply", _message(err))
+        else:
+            result = await self._self_check(new.config.apply_deadline_s)
+        if result is None:
+            # A stop: the trial stays marked, and the next start rolls it back.
+            log.warning(
+                "stopping while configuration document seq %d is on trial: the next start"
+                " rolls it back",
+                doc.seq,
+            )
+            return await self._stopping()
+        if result.passed:
+            try:
+                self.keeper.commit(decision)
+                self.keeper.report(
+                    "applied",
+                    doc.seq,
+                    content_hash=doc.content_hash,
+                    detail=result.detail,
+                    running_hash=new.running_hash,
+                )
+            except KeeperError as err:
+                log.error("configuration document seq %d not committed: %s", doc.seq, err.message)
+            self._reports_waiting.set()
+            log.info("configuration document seq %d applied: %s", doc.seq, result.detail)
+            return None
+        assert result.reason is not None
+        log.error(
+            "configuration document seq %d failed its self-check (%s): %s; rolling back",
+            doc.seq,
+            result.reason,
+            result.detail,
+        )
+        self._settle_failure(decision, result.reason, result.detail, old)
+        running = self._running
+        if restart or (running is not None and running.done()):
+            await self._restart(old, f"rolling back configuration document seq {doc.seq}")
+        else:
+            self._agent.apply_live(old)
+        self._take(old)
+        return None
+
+    def _settle_failure(
+        self, decision: Decision, reason: str, detail: str, old: EdgeConfig
+    ) -> None:
+        doc = decision.doc
+        assert doc is not None
+        # Recorded before the old configuration is started again: a crash in between boots
+        # into the last good configuration without trying the document again.
+        try:
+            self.keeper.roll_back(decision, reason, detail)
+            self.keeper.report(
+                "rolled_back",
+                doc.seq,
+                content_hash=doc.content_hash,
+                reason=reason,
+                detail=detail,
+                running_hash=old.running_hash,
+            )
+        except KeeperError as err:
+            log.error("the roll-back of document seq %d not recorded: %s", doc.seq, err.message)
+        self._reports_waiting.set()
+
+    def _take(self, config: EdgeConfig) -> None:
+        self.config = config
+        self._set_log_level(config.log_level)
+
+    def _set_log_level(self, level: str | None) -> None:
+        root = logging.getLogger()
+        wanted = self._base_log_level if level is None else LOG_LEVELS[level]
+        if root.level != wanted:
+            root.setLevel(wanted)
+            log.info("log level %s", logging.getLevelName(wanted).lower())
+
+    async def _self_check(self, deadline_s: float) -> CheckResult | None:
+        """Radio connected, broker connected, a heartbeat acknowledged, within ``deadline_s``;
+        None when a stop was requested meanwhile.
+
+        A radio that keeps failing for :data:`RADIO_REFUSAL_S` (a concentrator that refuses
+        the channel plan fails every attempt at once) fails the check without waiting for
+        the deadline."""
+        agent, running = self._agent, self._running
+        assert running is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        end = started + deadline_s
+        radio_failing_since: float | None = None
+        radio_error: str | None = None
+        next_heartbeat = started
+        radio_ok = broker_ok = False
+        while True:
+            if self._stop.is_set():
+                return None
+            if running.done():
+                failure = None if running.cancelled() else running.exception()
+                why = "it was cancelled" if failure is None else str(failure)
+                return CheckResult(False, "apply", f"the agent stopped: {why}")
+            now = loop.time()
+            radio_ok = agent.radio_connected
+            error = agent.radio_error
+            if radio_ok or error is None:
+                radio_failing_since = None
+            else:
+                radio_error = error
+                if radio_failing_since is None:
+                    radio_failing_since = now
+                elif now - radio_failing_since >= RADIO_REFUSAL_S:
+                    return CheckResult(False, "radio", f"the radio does not start: {error}")
+            uplink = agent.uplink
+            broker_ok = uplink is not None and uplink.connected
+            if radio_ok and broker_ok and now >= next_heartbeat:
+                next_heartbeat = now + HEARTBEAT_RETRY_S
+                acknowledged = False
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(end - now, HEARTBEAT_RETRY_S)):
+                        acknowledged = await agent.heartbeat_now()
+                if acknowledged:
+                    took = loop.time() - started
+                    return CheckResult(
+                        True,
+                        detail="radio up, broker reachable, heartbeat acknowledged"
+                        f" in {took:.1f} s",
+                    )
+            if loop.time() >= end:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CHECK_POLL_S):
+                    await self._stop.wait()
+        if not radio_ok:
+            last = "" if radio_error is None else f" (last error: {radio_error})"
+            return CheckResult(
+                False, "radio", f"the radio was not up within {deadline_s:g} s{last}"
+            )
+        if not broker_ok:
+            return CheckResult(
+                False, "broker", f"the broker was not reachable within {deadline_s:g} s"
+            )
+        return CheckResult(
+            False, "heartbeat", f"no heartbeat was acknowledged within {deadline_s:g} s"
+        )
+
+    async def _pump_reports(self) -> None:
+        # Status reports wait in state_dir/config/reports/ until the agent's outbox takes
+        # them: a report made while no agent runs (at boot, between two agents) goes out
+        # with the next one.
+        while True:
+            await self._reports_waiting.wait()
+            self._reports_waiting.clear()
+            delivered_all = True
+            for path, payload in self.keeper.pending_reports():
+                try:
+                    if not self._agent.send_durably(STATUS_TOPIC, payload):
+                        delivered_all = False
+                        break
+                    self.keeper.report_sent(path)
+                except OwlgateError as err:
+                    log.warning("configuration status not yet in the outbox: %s", _message(err))
+                    delivered_all = False
+                    break
+            if not delivered_all:
+                await asyncio.sleep(REPORT_RETRY_S)
+                self._reports_waiting.set()
+
+    # --- readiness, status, watchdog --------------------------------------------------------
 
     async def _announce_ready(self, agent: EdgeAgent) -> None:
         with contextlib.suppress(TimeoutError):
@@ -266,6 +667,12 @@ class AgentService:
             await asyncio.sleep(interval_s / 2)
 
 
+def _message(err: OwlgateError) -> str:
+    # Every owlgate error carries .message but the root class does not declare it.
+    text = getattr(err, "message", None)
+    return text if isinstance(text, str) else str(err)
+
+
 def run(config_path: Path, *, verbose: bool = False, log_format: str = "auto") -> int:
     """Load and check the configuration and keys, then run the agent; the exit code."""
     try:
@@ -286,7 +693,12 @@ def run(config_path: Path, *, verbose: bool = False, log_format: str = "auto") -
     )
 
     async def serve() -> int:
-        return await AgentService(settings, keys).run()
+        try:
+            service = AgentService(settings, keys)
+        except KeeperError as err:
+            log.error("cannot start: %s", err.message)
+            return EXIT_FAILED
+        return await service.run()
 
     return asyncio.run(serve())
 
