@@ -49,6 +49,17 @@ ACTIONS: Final = (
     "device.site_changed",
     "keys.rewrapped",
     "config.changed",
+    "config.key_generated",
+    "config.key_imported",
+    "config.document_uploaded",
+    "rollout.started",
+    "rollout.paused",
+    "rollout.resumed",
+    "rollout.aborted",
+    "rollout.rolled_back",
+    "rollout.stopped",
+    "rollout.completed",
+    "device.settings_queued",
 )
 
 

@@ -49,10 +49,12 @@ from .brokerauth import (
 from .cli_common import DbOption, cli_actor, shown_db
 from .cli_common import fail as _fail
 from .control import ControlService, control_service
+from .downlinks import downlink_service
 from .export import DEFAULT_RETENTION_INTERVAL_S, RetentionPolicy, retention_service
 from .ingest import DEFAULT_VERIFY_WORKERS, ingest_service
 from .joinserver import dev_addr_prefix
 from .mqtt import InstanceNameError, check_instance, default_instance
+from .rollouts import config_service
 from .sql import is_postgres_url
 from .store import FleetError, Store
 from .vault import KeyVault, VaultError
@@ -232,11 +234,11 @@ def broker_services(
 
     Without ``broker``: an embedded broker on a free loopback port, enforcing ``policy``
     (the broker credentials and ACL) when given, then the ingest and the control service
-    (joins, device sessions; what it sends is signed with ``signing_key``) on it. With
-    ``mqtt://host:port``: the same two on that broker (Mosquitto or any other). Both connect
-    under persistent sessions named after ``instance`` (default: the host name; see
-    :func:`owlgate.fleet.mqtt.client_id`), through MQTT 5 shared subscriptions when
-    ``shared``, logged in as ``login`` says."""
+    (joins, device sessions) and the downlink service (device settings), what they send
+    signed with ``signing_key``, on it. With ``mqtt://host:port``: the same on that broker
+    (Mosquitto or any other). All connect under persistent sessions named after ``instance``
+    (default: the host name; see :func:`owlgate.fleet.mqtt.client_id`), through MQTT 5 shared
+    subscriptions when ``shared``, logged in as ``login`` says."""
     login = login or BrokerLogin()
     embedded = None
     if broker is None:
@@ -278,6 +280,29 @@ def broker_services(
             mqtt5=mqtt5,
             instance=instance,
             shared=shared,
+            username=login.username,
+            password=login.password,
+        )
+    )
+    services.append(
+        downlink_service(
+            host,
+            port,
+            signing_key,
+            mqtt5=mqtt5,
+            instance=instance,
+            username=login.username,
+            password=login.password,
+        )
+    )
+    # Configuration rollouts and the gateways' config status reports.
+    services.append(
+        config_service(
+            host,
+            port,
+            signing_key,
+            mqtt5=mqtt5,
+            instance=instance,
             username=login.username,
             password=login.password,
         )
@@ -821,9 +846,11 @@ def rotate_kek(
 # helpers (--db, the vault), so they are mounted after everything above is defined.
 from .cli_auth import audit_command, token_command  # noqa: E402
 from .cli_broker import broker_command  # noqa: E402
+from .cli_config import config_key_command  # noqa: E402
 from .cli_data import data_command  # noqa: E402
 
 fleet_command.add_typer(token_command)
 fleet_command.command("audit")(audit_command)
 fleet_command.add_typer(broker_command)
 fleet_command.add_typer(data_command)
+fleet_command.add_typer(config_key_command)

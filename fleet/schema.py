@@ -14,7 +14,9 @@ says where they belong:
 - ``0300``-``0399``: application views, exports and retention (:mod:`owlgate.fleet.views`,
   :mod:`owlgate.fleet.export`);
 - ``0400``-``0499``: broker credentials (:mod:`owlgate.fleet.brokerauth`);
-- ``0500``-``0599``: configuration layers and gateway groups (:mod:`owlgate.fleet.configs`).
+- ``0500``-``0599``: configuration layers and gateway groups (:mod:`owlgate.fleet.configs`),
+  rollouts, config keys and config status (:mod:`owlgate.fleet.rollouts`, from ``0510``);
+- ``0600``-``0699``: device downlinks (:mod:`owlgate.fleet.downlinks`).
 
 Each module that owns tables is listed in :data:`FEATURE_MODULES` and imported by
 :func:`apply`, so a store always has every table whatever the caller imported.
@@ -44,6 +46,8 @@ FEATURE_MODULES: Final = (
     "owlgate.fleet.export",
     "owlgate.fleet.brokerauth",
     "owlgate.fleet.configs",
+    "owlgate.fleet.rollouts",
+    "owlgate.fleet.downlinks",
 )
 
 

@@ -678,6 +678,7 @@ class Store:
             "agent_uptime_s": health.agent_uptime_s,
             "agent_version": health.agent_version,
             "interval_s": health.interval_s,
+            "config_hash": health.config_hash.hex(),
             "config_seq": health.config_seq,
             "cpu_temp_c": health.cpu_temp_c,
             "throttled": health.throttled,

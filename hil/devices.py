@@ -14,6 +14,19 @@ payload carries them, i.e. rounded to the payload's steps), so a test knows exac
 reading the gateway must produce. Values drift from a seeded :class:`random.Random`, so a
 scenario is repeatable. :meth:`~EmulatedDevice.rx_frame` wraps a PHYPayload with the
 device's radio metadata as the concentrator would report it.
+
+Downlinks (class A, LoRaWAN 1.0.3 section 3.3): after each uplink the host calls
+:meth:`~EmulatedDevice.listen_rx1` with the uplink's concentrator timestamp, and the device
+listens in RX1, RECEIVE_DELAY1 (1 s, EU868) later on the uplink's channel and data rate.
+:meth:`~EmulatedDevice.receive` takes a transmission the concentrator was asked for: a data
+down frame for the device's DevAddr, in that window, with a valid MIC and a new FCntDown
+(section 4.3.1.5). A settings downlink (FPort 21, ``docs/formats/device-payloads.md``) is
+applied as far as the profile has the settings (:data:`SETTINGS_TABLE`): ``report_interval_s``
+becomes the device's :attr:`~EmulatedDevice.report_interval_s`, thresholds are kept in
+:attr:`~EmulatedDevice.settings`, ``request_status`` and ``reboot`` queue a status or boot
+message. The next uplinks carry, before measurements resume, the settings ack (FPort 20,
+with the downlink's seq and ``applied``, or ``unsupported`` / ``invalid`` naming the setting),
+then a status message with the report interval in use.
 """
 
 from __future__ import annotations
@@ -22,21 +35,29 @@ import random
 from dataclasses import dataclass
 from typing import Final
 
-from owlgate.codecs.concentrator import CodingRate, CrcStatus, RxFrame
-from owlgate.codecs.errors import LorawanError, OwlgateError
+from owlgate.codecs.concentrator import CodingRate, CrcStatus, RxFrame, TxRequest
+from owlgate.codecs.errors import LorawanError, OwlgateError, PayloadError
 from owlgate.codecs.lorawan import (
     AesKey,
     DataFrame,
     EncryptedJoinAccept,
+    FCntVerdict,
     JoinRequest,
     MType,
     SessionKeys,
+    widen_fcnt,
 )
+from owlgate.codecs.node import payloads as node_payloads
 from owlgate.codecs.payloads import PROFILES, encode_uplink
 
-__all__ = ["DeviceError", "EmulatedDevice", "Radio"]
+__all__ = ["RECEIVE_DELAY1_US", "DeviceError", "Downlinked", "EmulatedDevice", "Radio"]
 
 _U32: Final = 0xFFFFFFFF
+#: RX1 opens this long after the end of an uplink (EU868 RECEIVE_DELAY1, 1 s).
+RECEIVE_DELAY1_US: Final = 1_000_000
+#: The range a status message carries report_interval_s in (device-payloads.md).
+_STATUS_INTERVAL_RANGE: Final = (60, 604_800)
+_FIRMWARE: Final = "1.0.0"
 
 
 class DeviceError(OwlgateError):
@@ -58,6 +79,19 @@ class Radio:
     frequency_hz: int = 868_100_000
     sf: int = 7
     bandwidth_hz: int = 125_000
+
+
+@dataclass(frozen=True, slots=True)
+class Downlinked:
+    """What a device did with a downlink it received: the settings downlink's ``seq``, the
+    settings it applied, and the ack it will send (``result``, ``setting`` refused)."""
+
+    f_cnt_down: int
+    f_port: int
+    seq: int | None
+    applied: dict[str, object]
+    result: str
+    setting: str | None = None
 
 
 class EmulatedDevice:
@@ -98,6 +132,15 @@ class EmulatedDevice:
         self._next_at: float | None = None
         self.last_phy: bytes | None = None
         self._state = _initial_state(profile_id, self.rng)
+        self.f_cnt_down: int | None = None
+        """The last downlink counter the device took (None: none since the session began)."""
+        self.settings: dict[str, object] = {}
+        """Every setting a downlink applied, by name (the latest value of each)."""
+        self.downlinks: list[Downlinked] = []
+        """Every downlink the device took, in order."""
+        self._rx1: tuple[int, int, int] | None = None
+        self._messages: list[dict[str, object]] = []
+        self._first_uplink_at: float | None = None
 
     @classmethod
     def abp(
@@ -193,6 +236,7 @@ class EmulatedDevice:
         self.keys = accept.session_keys(self.app_key, self._pending_nonce)
         self.dev_addr = accept.dev_addr
         self.f_cnt = 0
+        self.f_cnt_down = None
         self._pending_nonce = None
         return accept.dev_addr
 
@@ -203,13 +247,21 @@ class EmulatedDevice:
         return self._next_at is None or now >= self._next_at
 
     def uplink(self, now: float) -> tuple[bytes, dict[str, object]]:
-        """The next measurement uplink: ``(phy_payload, values)``, ``values`` exactly as the
-        payload carries them. Advances the counter and the next report time."""
+        """The next uplink: ``(phy_payload, values)``, ``values`` exactly as the payload carries
+        them. A measurement, unless a downlink left device messages to send (a settings ack,
+        a status): those go first, one per uplink. Advances the counter and the next report
+        time."""
         if self.keys is None or self.dev_addr is None:
             raise DeviceError(f"device {self.dev_eui.hex()} has no session: join first")
         if self.f_cnt > _U32:
             raise DeviceError("the 32-bit frame counter is used up: the device must rejoin")
-        values = _step(self.profile_id, self._state, self.rng)
+        if self._first_uplink_at is None:
+            self._first_uplink_at = now
+        values = self._messages.pop(0) if self._messages else None
+        if values is not None:
+            values = self._device_message(values, now)
+        else:
+            values = _step(self.profile_id, self._state, self.rng)
         f_port, payload = encode_uplink(self.profile_id, values, quantise=True)
         frame = DataFrame.build(
             self.keys,
@@ -223,7 +275,104 @@ class EmulatedDevice:
         self._next_at = now + self.report_interval_s
         self.last_phy = frame.to_bytes()
         quantise = PROFILES[self.profile_id].quantise
-        return self.last_phy, values if quantise is None else quantise(values)
+        if "message" in values or quantise is None:
+            return self.last_phy, values
+        return self.last_phy, quantise(values)
+
+    def _device_message(self, values: dict[str, object], now: float) -> dict[str, object]:
+        # A status or boot message gets the device's figures at the time it is sent.
+        message = dict(values)
+        if message["message"] in ("status", "boot"):
+            message["battery_mv"] = round(self._state["battery_mv"])
+        if message["message"] == "status":
+            started = self._first_uplink_at if self._first_uplink_at is not None else now
+            message["uptime_s"] = max(0, int(now - started))
+            low, high = _STATUS_INTERVAL_RANGE
+            interval = round(self.report_interval_s)
+            if low <= interval <= high:
+                message["report_interval_s"] = interval
+        return message
+
+    # --- downlinks ----------------------------------------------------------------------------
+
+    def listen_rx1(self, timestamp_us: int) -> None:
+        """The uplink just sent ended at concentrator time ``timestamp_us``: listen in its RX1
+        window (the previous window, if still open, is over)."""
+        radio = self.radio
+        self._rx1 = ((timestamp_us + RECEIVE_DELAY1_US) & _U32, radio.frequency_hz, radio.sf)
+
+    def receive(self, request: TxRequest) -> Downlinked | None:
+        """Hear a transmission: taken (and applied) when it is in the open RX1 window, a data
+        down frame for this device, authentic and new; None otherwise (not for this device,
+        outside the window, or refused)."""
+        if self._rx1 is None or self.keys is None or self.dev_addr is None:
+            return None
+        if (request.timestamp_us, request.frequency_hz, request.sf) != self._rx1:
+            return None
+        try:
+            frame = DataFrame.from_bytes(request.payload)
+        except LorawanError:
+            return None
+        if frame.uplink or frame.fhdr.dev_addr != self.dev_addr:
+            return None
+        widened = widen_fcnt(self.f_cnt_down, frame.fhdr.f_cnt)
+        if widened.verdict is not FCntVerdict.NEW:
+            return None
+        try:
+            frame.verify_mic(self.keys, widened.f_cnt)
+            payload = frame.decrypt(self.keys, widened.f_cnt)
+        except LorawanError:
+            return None
+        # Taken: the window is used, the counter advances (section 4.3.1.5).
+        self._rx1 = None
+        self.f_cnt_down = widened.f_cnt
+        f_port = frame.f_port if frame.f_port is not None else 0
+        if f_port != node_payloads.PORT_SETTINGS:
+            done = Downlinked(widened.f_cnt, f_port, None, {}, "ignored")
+        else:
+            done = self._apply_settings(widened.f_cnt, payload)
+        self.downlinks.append(done)
+        return done
+
+    def _apply_settings(self, f_cnt_down: int, payload: bytes) -> Downlinked:
+        seq = payload[1] if len(payload) >= 2 else 0
+        try:
+            seq, settings = node_payloads.decode_settings(payload)
+        except PayloadError:
+            self._messages.append(
+                {"message": "settings_ack", "settings_seq": seq, "result": "invalid"}
+            )
+            return Downlinked(f_cnt_down, node_payloads.PORT_SETTINGS, seq, {}, "invalid")
+        supported = node_payloads.PROFILES[self.profile_id][4]
+        for name in settings:
+            if name not in supported:
+                # The device refuses the whole downlink and names the first setting it lacks.
+                self._messages.append(
+                    {
+                        "message": "settings_ack",
+                        "settings_seq": seq,
+                        "result": "unsupported",
+                        "setting": name,
+                    }
+                )
+                return Downlinked(
+                    f_cnt_down, node_payloads.PORT_SETTINGS, seq, {}, "unsupported", name
+                )
+        applied: dict[str, object] = {}
+        follow: list[dict[str, object]] = [{"message": "status"}]
+        for name, value in settings.items():
+            if name == "request_status":
+                continue  # the status follows the ack anyway
+            if name == "reboot":
+                follow = [{"message": "boot", "firmware": _FIRMWARE, "reset_reason": "command"}]
+                continue
+            if name == "report_interval_s" and isinstance(value, int):
+                self.report_interval_s = float(value)
+            applied[name] = value
+        self.settings.update(applied)
+        self._messages.append({"message": "settings_ack", "settings_seq": seq, "result": "applied"})
+        self._messages.extend(follow)
+        return Downlinked(f_cnt_down, node_payloads.PORT_SETTINGS, seq, applied, "applied")
 
     def rx_frame(self, phy: bytes, *, timestamp_us: int, crc_ok: bool = True) -> RxFrame:
         """``phy`` as the concentrator reports it from this device, RSSI and SNR jittered."""

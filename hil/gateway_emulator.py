@@ -23,6 +23,15 @@ event is set too (the demo sets it when every edge agent says it is ready). Ever
 ``interval_s`` (with jitter, so devices do not fire together) each joined device sends one
 uplink. On SIGTERM or SIGINT, or after ``duration_s``, it stops and writes a JSON report of
 every reading it generated (``dev_eui``, ``fcnt``, ``values``) and the counts above.
+
+**Downlinks.** Time runs faster than in the street: ``interval_s`` plays a device's report
+interval of :data:`NOMINAL_REPORT_INTERVAL_S` (what devices start with), so a device told by
+a settings downlink to report every 600 s sends every ``2 * interval_s``. After each uplink
+the device listens in RX1 (:meth:`~owlgate.hil.devices.EmulatedDevice.listen_rx1`); each
+``TX_REQUEST`` the concentrator gets is offered to the devices, which take and apply what is
+theirs and acknowledge it in their next uplinks. The report's ``downlinks`` lists each one
+taken (DevEUI, FCntDown, seq, result, settings applied) and ``settings`` the settings each
+device has applied, by DevEUI.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ from typing import Any, Final
 from ..codecs.concentrator import CrcStatus
 from ..codecs.errors import OwlgateError
 from .concentrator import EmulatedConcentrator
-from .devices import DeviceError, EmulatedDevice
+from .devices import DeviceError, Downlinked, EmulatedDevice
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +68,8 @@ AIR_HOST: Final = "127.0.0.1"
 HOSTILE_KINDS: Final = ("replay", "bad_mic", "crc_bad", "line_noise")
 #: The word on stdin that starts the devices when the emulator waits for it.
 START_WORD: Final = "start"
+#: The report interval devices start with; ``interval_s`` plays it.
+NOMINAL_REPORT_INTERVAL_S: Final = 300.0
 
 
 class EmulatorError(OwlgateError):
@@ -81,7 +92,10 @@ def build_devices(
         entry = entries.get(eui)
         if entry is None:
             raise EmulatorError(f"device {eui} is not in the manifest")
-        common: dict[str, Any] = {"seed": seed + index, "report_interval_s": interval_s}
+        common: dict[str, Any] = {
+            "seed": seed + index,
+            "report_interval_s": NOMINAL_REPORT_INTERVAL_S,
+        }
         if entry["activation"] == "abp":
             device = EmulatedDevice.abp(
                 entry["profile_id"],
@@ -109,7 +123,8 @@ class GatewayRun:
 
     ``relayed``: uplinks of this gateway's devices also sent to a neighbour; ``heard``:
     neighbours' frames this concentrator reported; ``air_rejected``: datagrams on the air port
-    that were not a frame; ``hostile``: bad inputs sent, by kind (:data:`HOSTILE_KINDS`).
+    that were not a frame; ``hostile``: bad inputs sent, by kind (:data:`HOSTILE_KINDS`);
+    ``downlinks``: downlinks the devices took; ``settings``: what each device applied.
     """
 
     gateway_id: str
@@ -119,6 +134,25 @@ class GatewayRun:
     heard: int = 0
     air_rejected: int = 0
     hostile: dict[str, int] = field(default_factory=lambda: dict.fromkeys(HOSTILE_KINDS, 0))
+    downlinks: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, dict[str, object]] = field(default_factory=dict)
+
+    def took(self, device: EmulatedDevice, done: Downlinked) -> None:
+        """Record a downlink ``device`` took."""
+        eui = device.dev_eui.hex()
+        self.downlinks.append(
+            {
+                "dev_eui": eui,
+                "f_cnt_down": done.f_cnt_down,
+                "f_port": done.f_port,
+                "seq": done.seq,
+                "result": done.result,
+                "setting": done.setting,
+                "applied": dict(done.applied),
+            }
+        )
+        if done.applied:
+            self.settings.setdefault(eui, {}).update(done.applied)
 
     def report(self) -> dict[str, Any]:
         return {
@@ -128,6 +162,8 @@ class GatewayRun:
             "heard": self.heard,
             "air_rejected": self.air_rejected,
             "hostile": dict(self.hostile),
+            "downlinks": self.downlinks,
+            "settings": self.settings,
             "readings": self.readings,
         }
 
@@ -248,16 +284,19 @@ async def run_gateway(
         now = time.monotonic()
         tx = concentrator.tx_requests
         for request in tx[seen_tx:]:
-            for device in devices:
-                if device.joined or device.dev_eui not in join_sent:
-                    continue
-                try:
-                    device.accept_join(request.payload)
-                except DeviceError:
-                    continue
+            if _offer_join_accept(devices, join_sent, request.payload):
                 run.joins += 1
+                continue
+            for device in devices:
+                done = device.receive(request)
+                if done is not None:
+                    run.took(device, done)
+                    break
+        for device in devices:
+            if device.joined and device.dev_eui in join_sent:
+                # Joined since the last tick: its first report soon.
+                del join_sent[device.dev_eui]
                 next_at[device.dev_eui] = now + rng.uniform(0.2, 1.0)
-                break
         seen_tx = len(tx)
         for device in devices:
             if now < next_at[device.dev_eui]:
@@ -269,11 +308,20 @@ async def run_gateway(
                 continue
             phy, values = device.uplink(now)
             frame = device.rx_frame(phy, timestamp_us=concentrator.counter_us())
-            concentrator.inject(phy, rssi_dbm=frame.rssi_dbm, snr_db=frame.snr_db)
+            concentrator.inject(
+                phy,
+                rssi_dbm=frame.rssi_dbm,
+                snr_db=frame.snr_db,
+                frequency_hz=frame.frequency_hz,
+                sf=frame.sf,
+                timestamp_us=frame.timestamp_us,
+            )
+            device.listen_rx1(frame.timestamp_us)
             run.readings.append(
                 {"dev_eui": device.dev_eui.hex(), "fcnt": device.f_cnt - 1, "values": values}
             )
-            next_at[device.dev_eui] = now + interval_s * rng.uniform(0.85, 1.15)
+            spacing_s = interval_s * device.report_interval_s / NOMINAL_REPORT_INTERVAL_S
+            next_at[device.dev_eui] = now + spacing_s * rng.uniform(0.85, 1.15)
             if neighbours is not None and device.dev_eui in neighbours.shared:
                 radio = device.radio
                 neighbours.send(
@@ -285,6 +333,21 @@ async def run_gateway(
             if hostile_every and uplinks % hostile_every == 0:
                 hostile.inject()
         await _pause(stop, _TICK_S)
+
+
+def _offer_join_accept(
+    devices: list[EmulatedDevice], join_sent: dict[bytes, float], payload: bytes
+) -> bool:
+    """Give a transmitted frame to the devices waiting for a join accept; True if one took it."""
+    for device in devices:
+        if device.joined or device.dev_eui not in join_sent:
+            continue
+        try:
+            device.accept_join(payload)
+        except DeviceError:
+            continue
+        return True
+    return False
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:

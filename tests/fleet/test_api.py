@@ -339,6 +339,18 @@ def test_openapi_lists_every_route(client: ApiClient) -> None:
         "/api/v1/config/diff",
         "/api/v1/gateways/{gateway_id}/group",
         "/api/v1/gateways/{gateway_id}/config/effective",
+        "/api/v1/rollouts",
+        "/api/v1/rollouts/{rollout_id}",
+        "/api/v1/rollouts/{rollout_id}/gateways",
+        "/api/v1/rollouts/{rollout_id}/pause",
+        "/api/v1/rollouts/{rollout_id}/resume",
+        "/api/v1/rollouts/{rollout_id}/abort",
+        "/api/v1/rollouts/{rollout_id}/rollback",
+        "/api/v1/config/documents",
+        "/api/v1/config/keys",
+        "/api/v1/gateways/{gateway_id}/config/status",
+        "/api/v1/devices/{dev_eui}/settings",
+        "/api/v1/devices/{dev_eui}/downlinks",
     }
 
 
@@ -351,6 +363,7 @@ def test_every_route_is_documented(client: ApiClient) -> None:
         "fleet-data.md",
         "fleet-broker.md",
         "fleet-config.md",
+        "fleet-rollouts.md",
     )
     doc = "\n".join((REPO / "docs" / name).read_text() for name in pages)
     for path, methods in client.get("/openapi.json").json()["paths"].items():
