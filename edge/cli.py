@@ -54,6 +54,11 @@ KEY_FILES: Final = (
     ("sealing_key", "sealing-x25519.pem"),
     ("fleet_key", "fleet-ed25519.pub.pem"),
 )
+#: Files copied beside the keys when the configuration names them: (section, key, file name).
+OPTIONAL_KEY_FILES: Final = (
+    ("mqtt", "password_file", "mqtt-password"),
+    ("gateway", "config_key", "config-ed25519.pub.pem"),
+)
 CONFIG_MODE: Final = 0o640
 KEY_MODE: Final = 0o600
 KEYS_DIR_MODE: Final = 0o700
@@ -133,11 +138,15 @@ def _toml_string(value: str) -> str:
 
 def installed_config_text(settings: EdgeConfig) -> str:
     """The configuration as installed: ``state_dir`` set to /var/lib/owlgate (the unit's
-    StateDirectory), the key files pointing at /etc/owlgate/keys, and a serial device path
-    of the radio made absolute; every other line as the technician wrote it."""
+    StateDirectory), the key files (and the broker password file and config key, when set)
+    pointing at /etc/owlgate/keys, and a serial device path of the radio made absolute; every
+    other line as the technician wrote it."""
     replace: dict[tuple[str, str], str] = {("gateway", "state_dir"): str(STATE_DIR)}
     for key, name in KEY_FILES:
         replace[("gateway", key)] = str(KEYS_DIR / name)
+    for section, key, name in OPTIONAL_KEY_FILES:
+        if _optional_source(settings, section, key) is not None:
+            replace[(section, key)] = str(KEYS_DIR / name)
     if settings.radio.port and "://" not in settings.radio.port:
         replace[("radio", "port")] = settings.radio.port
     source = settings.path.read_text(encoding="utf-8")
@@ -178,7 +187,19 @@ def _plan(settings: EdgeConfig, *, python: str, user: str) -> tuple[list[Service
         "fleet_key": gateway.fleet_key,
     }
     copies = [_Copy(sources[key], KEYS_DIR / name, KEY_MODE) for key, name in KEY_FILES]
+    for section, key, name in OPTIONAL_KEY_FILES:
+        source = _optional_source(settings, section, key)
+        if source is not None:
+            copies.append(_Copy(source, KEYS_DIR / name, KEY_MODE))
     return files, copies
+
+
+def _optional_source(settings: EdgeConfig, section: str, key: str) -> Path | None:
+    if (section, key) == ("mqtt", "password_file"):
+        return settings.mqtt.password_file
+    if (section, key) == ("gateway", "config_key"):
+        return settings.gateway.config_key
+    raise ValueError(f"no optional key file [{section}] {key}")
 
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:

@@ -409,6 +409,7 @@ def render_tmpfiles(user: str = SERVICE_USER) -> str:
 z {CONFIG_FILE} 0640 root {user} -
 z {KEYS_DIR} 0700 {user} {user} -
 z {KEYS_DIR}/*.pem 0600 {user} {user} -
+z {KEYS_DIR}/mqtt-password 0600 {user} {user} -
 """
 
 

@@ -491,6 +491,33 @@ def test_install_service_into_a_root(tmp_path: Path) -> None:
     assert load_config(installed).gateway.state_dir == Path("/var/lib/owlgate")
 
 
+def test_install_service_copies_the_broker_password_and_the_config_key(tmp_path: Path) -> None:
+    config = _technician_config(tmp_path / "src")
+    secret = tmp_path / "src" / "keys" / "mqtt.password"
+    secret.write_text("not-a-real-password\n")
+    secret.chmod(0o600)
+    pinned = tmp_path / "src" / "keys" / "fleet-ed25519.pub.pem"
+    text = config.read_text().replace(
+        "[radio]", 'config_key = "keys/fleet-ed25519.pub.pem"\n\n[radio]'
+    )
+    config.write_text(text + 'password_file = "keys/mqtt.password"\n')
+    root = tmp_path / "root"
+    result = CliRunner().invoke(
+        edge_command, ["install-service", "--config", str(config), "--root", str(root)]
+    )
+    assert result.exit_code == 0, result.output
+    settings = load_config(root / "etc/owlgate/edge.toml")
+    assert settings.mqtt.password_file == Path("/etc/owlgate/keys/mqtt-password")
+    assert settings.gateway.config_key == Path("/etc/owlgate/keys/config-ed25519.pub.pem")
+    keys = root / "etc/owlgate/keys"
+    assert (keys / "mqtt-password").read_bytes() == secret.read_bytes()
+    assert _mode(keys / "mqtt-password") == 0o600
+    assert (keys / "config-ed25519.pub.pem").read_bytes() == pinned.read_bytes()
+    tmpfiles = (root / "usr/lib/tmpfiles.d/owlgate.conf").read_text().splitlines()
+    assert "z /etc/owlgate/keys/mqtt-password 0600 owlgate owlgate -" in tmpfiles
+    assert "not-a-real-password" not in result.output
+
+
 def test_install_service_dry_run_bad_config_and_no_root(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
