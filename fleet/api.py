@@ -529,7 +529,7 @@ def create_app(
 
     # The feature routers import this module inside router(), so these imports are here.
     from . import alerts as alerts_module
-    from . import brokerauth, bulk, configs, downlinks, export, rollouts, views
+    from . import brokerauth, bulk, configs, downlinks, export, provisioning, rollouts, views
 
     app.include_router(alerts_module.router(alerts))
     app.include_router(views.router())
@@ -539,6 +539,7 @@ def create_app(
     app.include_router(configs.router())
     app.include_router(rollouts.router())
     app.include_router(downlinks.router())
+    app.include_router(provisioning.router(on_broker_change))
     return app
 
 

@@ -60,6 +60,11 @@ ACTIONS: Final = (
     "rollout.stopped",
     "rollout.completed",
     "device.settings_queued",
+    "claim.created",
+    "claim.revoked",
+    "gateway.claimed",
+    "bundle.issued",
+    "bundle.synced",
 )
 
 

@@ -54,6 +54,8 @@ from .export import DEFAULT_RETENTION_INTERVAL_S, RetentionPolicy, retention_ser
 from .ingest import DEFAULT_VERIFY_WORKERS, ingest_service
 from .joinserver import dev_addr_prefix
 from .mqtt import InstanceNameError, check_instance, default_instance
+from .provisioning import ProvisioningSettings
+from .provisioning import configure as configure_provisioning
 from .rollouts import config_service
 from .sql import is_postgres_url
 from .store import FleetError, Store
@@ -171,12 +173,14 @@ def build_server(
     services: Sequence[Service] = (),
     alerts: AlertConfig | None = None,
     on_broker_change: Callable[[], None] | None = None,
+    provisioning: ProvisioningSettings | None = None,
 ) -> uvicorn.Server:
     """The uvicorn server for :func:`owlgate.fleet.api.create_app` over ``store``, entering
     each of ``services`` at startup and leaving them, in reverse order, at shutdown. A service
     that counts what it does (:class:`~owlgate.fleet.api.StatsSource`) shows its counters in
     ``GET /api/v1/stats`` and ``/metrics`` (the control service's join server too).
-    ``alerts`` and ``on_broker_change`` go to :func:`~owlgate.fleet.api.create_app`."""
+    ``alerts`` and ``on_broker_change`` go to :func:`~owlgate.fleet.api.create_app`;
+    ``provisioning`` is what claimed gateways are handed (:mod:`owlgate.fleet.provisioning`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -190,6 +194,8 @@ def build_server(
             yield
 
     app = create_app(store, lifespan=lifespan, alerts=alerts, on_broker_change=on_broker_change)
+    if provisioning is not None:
+        configure_provisioning(app, provisioning)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on")
     return uvicorn.Server(config)
 
@@ -463,6 +469,15 @@ def serve(
         float,
         typer.Option("--retention-interval-s", metavar="S", help="run the retention job every S"),
     ] = DEFAULT_RETENTION_INTERVAL_S,
+    public_mqtt_url: Annotated[
+        str | None,
+        typer.Option(
+            "--public-mqtt-url",
+            metavar="mqtt://HOST:PORT",
+            help="the broker URL claimed gateways are told to connect to [the broker URL "
+            "printed at start]",
+        ),
+    ] = None,
     kek_file: KekFileOption = None,
     kek_env: KekEnvOption = None,
 ) -> None:
@@ -483,6 +498,11 @@ def serve(
         _fail("--broker-pid needs --broker-files")
     if retention_rollup_days is not None and retention_raw_days is None:
         _fail("--retention-rollup-days needs --retention-raw-days")
+    if public_mqtt_url is not None:
+        try:
+            parse_broker_url(public_mqtt_url)
+        except BrokerError as err:
+            _fail(f"--public-mqtt-url: {err.message}")
     try:
         alert_rules = load_alert_config(alerts_config)
         retention = (
@@ -546,6 +566,7 @@ def serve(
             services=services,
             alerts=alert_rules,
             on_broker_change=broker_change_hook(store, policy, broker_files, broker_pid),
+            provisioning=ProvisioningSettings(mqtt_url=public_mqtt_url or url, signing_key=key),
         ).run()
     finally:
         store.close()
@@ -848,9 +869,11 @@ from .cli_auth import audit_command, token_command  # noqa: E402
 from .cli_broker import broker_command  # noqa: E402
 from .cli_config import config_key_command  # noqa: E402
 from .cli_data import data_command  # noqa: E402
+from .cli_provision import claim_command  # noqa: E402
 
 fleet_command.add_typer(token_command)
 fleet_command.command("audit")(audit_command)
 fleet_command.add_typer(broker_command)
 fleet_command.add_typer(data_command)
 fleet_command.add_typer(config_key_command)
+fleet_command.add_typer(claim_command)

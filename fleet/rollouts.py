@@ -515,6 +515,50 @@ def last_seq(sql: Sql, gateway_id: str) -> int:
     return 0 if found is None else int(found)
 
 
+def queue_signed_document(
+    sql: Sql,
+    gateway_id: str,
+    config: dict[str, Any],
+    signer: Ed25519PrivateKey,
+    *,
+    purpose: str,
+    now: float,
+) -> tuple[int, bytes]:
+    """Sign a document of ``config`` (the JSON form, every key) for ``gateway_id`` with the
+    next seq now, and queue it for publishing retained like a rollout's (the
+    :class:`ConfigService` publishes queued documents on its next tick). Returns the seq and
+    the COSE bytes. For documents outside rollouts, e.g. a claimed gateway's first."""
+    with sql.transaction() as db:
+        seq = _next_seq(db, gateway_id)
+        doc = from_json(
+            json.dumps(
+                {
+                    "seq": seq,
+                    "target": {"gateway": gateway_id},
+                    "issued_at": int(now),
+                    "config": config,
+                }
+            )
+        )
+        payload = sign_config(doc, signer)
+        db.execute(
+            "INSERT INTO config_documents (gateway_id, seq, config, content_hash, next_key,"
+            " purpose, rollout_id, state, cose, signed_by, created, published_at)"
+            " VALUES (?, ?, ?, ?, NULL, ?, NULL, 'queued', ?, ?, ?, NULL)",
+            [
+                gateway_id,
+                seq,
+                json.dumps(config, sort_keys=True),
+                doc.content_hash.hex(),
+                purpose,
+                payload,
+                key_id(signer).hex(),
+                now,
+            ],
+        )
+    return seq, payload
+
+
 # --- starting a rollout --------------------------------------------------------------------------
 
 
@@ -1871,6 +1915,7 @@ __all__ = [
     "config_service",
     "generate_config_key",
     "import_config_key",
+    "queue_signed_document",
     "rollout_json",
     "start_rollout",
     "upload_document",

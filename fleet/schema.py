@@ -16,7 +16,9 @@ says where they belong:
 - ``0400``-``0499``: broker credentials (:mod:`owlgate.fleet.brokerauth`);
 - ``0500``-``0599``: configuration layers and gateway groups (:mod:`owlgate.fleet.configs`),
   rollouts, config keys and config status (:mod:`owlgate.fleet.rollouts`, from ``0510``);
-- ``0600``-``0699``: device downlinks (:mod:`owlgate.fleet.downlinks`).
+- ``0600``-``0699``: device downlinks (:mod:`owlgate.fleet.downlinks`);
+- ``0700``-``0799``: provisioning: claim tokens, provisioned devices, offline key bundles
+  (:mod:`owlgate.fleet.provisioning`).
 
 Each module that owns tables is listed in :data:`FEATURE_MODULES` and imported by
 :func:`apply`, so a store always has every table whatever the caller imported.
@@ -48,6 +50,7 @@ FEATURE_MODULES: Final = (
     "owlgate.fleet.configs",
     "owlgate.fleet.rollouts",
     "owlgate.fleet.downlinks",
+    "owlgate.fleet.provisioning",
 )
 
 

@@ -351,6 +351,13 @@ def test_openapi_lists_every_route(client: ApiClient) -> None:
         "/api/v1/gateways/{gateway_id}/config/status",
         "/api/v1/devices/{dev_eui}/settings",
         "/api/v1/devices/{dev_eui}/downlinks",
+        "/api/v1/claims",
+        "/api/v1/claims/{claim_id}",
+        "/api/v1/provision/gateway",
+        "/api/v1/provision/gateway/{gateway_id}/check",
+        "/api/v1/provision/nodes",
+        "/api/v1/provision/bundles",
+        "/api/v1/provision/sync",
     }
 
 
@@ -364,6 +371,7 @@ def test_every_route_is_documented(client: ApiClient) -> None:
         "fleet-broker.md",
         "fleet-config.md",
         "fleet-rollouts.md",
+        "fleet-provisioning.md",
     )
     doc = "\n".join((REPO / "docs" / name).read_text() for name in pages)
     for path, methods in client.get("/openapi.json").json()["paths"].items():

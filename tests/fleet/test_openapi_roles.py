@@ -1,7 +1,12 @@
 """Every operation of the API, walked from its own OpenAPI document: it states its roles
 (``x-owlgate-roles``, the bearer scheme), an unauthenticated call gets 401, a call with each
 role it does not admit 403, and a call with each role it admits neither. A route added
-without :func:`owlgate.fleet.auth.requires` fails here."""
+without :func:`owlgate.fleet.auth.requires` fails here.
+
+The two provisioning routes a gateway calls take no bearer token: the claim token in the
+body is their credential, stated as ``x-owlgate-credential: claim-token`` with an empty
+``security``. They are exactly those two, and an unknown claim token gets 401 whatever bearer
+token comes with it."""
 
 from __future__ import annotations
 
@@ -13,9 +18,17 @@ from fastapi import FastAPI
 
 from owlgate.fleet.api import create_app
 from owlgate.fleet.auth import OPENAPI_ROLES_KEY, ROLES, Role, create_token, token_id_of
+from owlgate.fleet.provisioning import CLAIM_CREDENTIAL, OPENAPI_CREDENTIAL_KEY
 from owlgate.fleet.store import Store
 from tests.fleet.conftest import ABP_EUI, GW1, T0
 from tests.fleet.test_api import ApiClient, Clock
+
+#: The operations a claim token, not a bearer token, authorises.
+CLAIM_OPERATIONS = {
+    "POST /api/v1/provision/gateway",
+    "POST /api/v1/provision/gateway/{gateway_id}/check",
+}
+UNKNOWN_CLAIM = "owl-claim-" + "u" * 43
 
 #: Plausible values for path parameters, by name; an unknown name gets a 16-digit hex id.
 PATH_VALUES = {"gateway_id": GW1, "dev_eui": ABP_EUI}
@@ -76,14 +89,27 @@ def operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]
     ]
 
 
+def by_claim(operation: dict[str, Any]) -> bool:
+    """Whether the operation states the claim token as its credential (and no bearer)."""
+    return (
+        operation.get(OPENAPI_CREDENTIAL_KEY) == CLAIM_CREDENTIAL
+        and operation.get("security") == []
+        and OPENAPI_ROLES_KEY not in operation
+    )
+
+
 def unprotected(app: FastAPI) -> list[str]:
-    """Operations of ``app``'s document that state no roles or no bearer scheme."""
+    """Operations of ``app``'s document that state no roles or no bearer scheme, other than
+    those a claim token authorises."""
     document = app.openapi()
     return [
         f"{method} {path}"
         for method, path, operation in operations(document)
-        if not operation.get(OPENAPI_ROLES_KEY)
-        or not any("bearerAuth" in requirement for requirement in operation.get("security", []))
+        if not by_claim(operation)
+        and (
+            not operation.get(OPENAPI_ROLES_KEY)
+            or not any("bearerAuth" in requirement for requirement in operation.get("security", []))
+        )
     ]
 
 
@@ -117,7 +143,11 @@ def test_every_operation_states_its_roles_and_the_bearer_scheme(app: FastAPI) ->
         "description": "An API token: `owlgate fleet token create --role R`.",
     }
     assert unprotected(app) == []
+    claimed = {f"{m} {p}" for m, p, operation in operations(document) if by_claim(operation)}
+    assert claimed == CLAIM_OPERATIONS
     for method, path, operation in operations(document):
+        if f"{method} {path}" in CLAIM_OPERATIONS:
+            continue
         roles = operation[OPENAPI_ROLES_KEY]
         assert roles[0] == "admin", (method, path)
         assert set(roles) <= set(ROLES), (method, path)
@@ -143,9 +173,17 @@ def test_every_operation_refuses_the_unauthenticated_and_the_too_weak(
     values = {**PATH_VALUES, "token_id": token_id_of(spare)}
     checked = 0
     for method, path, operation in operations(document):
-        admitted: list[Role] = operation[OPENAPI_ROLES_KEY]
         url, kwargs = request_for(document, path, operation, values)
         where = f"{method} {url}"
+        if f"{method} {path}" in CLAIM_OPERATIONS:
+            kwargs["json"] = {**kwargs["json"], "claim": UNKNOWN_CLAIM}
+            for client in (anonymous, *clients.values()):
+                response = client.request(method, url, **kwargs)
+                assert response.status_code == 401, (where, response.text)
+                assert "not" in response.json()["detail"], where
+            checked += 1
+            continue
+        admitted: list[Role] = operation[OPENAPI_ROLES_KEY]
         refused = anonymous.request(method, url, **kwargs)
         assert refused.status_code == 401, (where, refused.text)
         assert refused.headers["www-authenticate"].startswith("Bearer"), where
