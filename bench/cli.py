@@ -22,6 +22,7 @@ from . import (
     fleet_bench,
     offline_bench,
     ota_bench,
+    provision_bench,
     serial_bench,
 )
 from .figures import Figure
@@ -35,6 +36,7 @@ SUITES = {
     "api": api_bench.run,
     "serial": serial_bench.run,
     "ota": ota_bench.run,
+    "provision": provision_bench.run,
 }
 
 bench_command = typer.Typer(

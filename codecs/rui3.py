@@ -211,8 +211,9 @@ class AtCommand:
 
 _U16 = 0xFFFF
 
-#: The commands the RAK3172 backend and its emulator use (RUI3 AT Command Manual, sections
-#: "General", "LoRaWAN network" (NWM) and "LoRa P2P"). The one table both sides are driven by.
+#: The commands the RAK3172 backend, the node provisioning tool and the emulators use (RUI3 AT
+#: Command Manual, sections "General", "LoRaWAN network" (NWM), "LoRaWAN Keys, IDs and EUI"
+#: and "LoRa P2P"). The one table every side is driven by.
 COMMANDS: Final = (
     AtCommand("", False, False, True, (), "attention: answers OK"),
     AtCommand("Z", False, False, True, (), "reset the MCU (no status line; a banner follows)"),
@@ -225,6 +226,49 @@ COMMANDS: Final = (
         False,
         (Param("mode", ParamKind.INT, 0, 2),),
         "work mode: 0 LoRa P2P, 1 LoRaWAN, 2 FSK P2P; a change restarts the module",
+    ),
+    # LoRaWAN keys and settings (RUI3 AT Command Manual, "LoRaWAN Keys, IDs and EUI" and
+    # "LoRaWAN Joining and Sending"): what a provisioning tool writes into a module. RUI3
+    # saves each of them to flash as it is set; a read answers the hex in upper case.
+    AtCommand(
+        "DEVEUI",
+        True,
+        True,
+        False,
+        (Param("dev_eui", ParamKind.HEX, 8, 8),),
+        "the device EUI (OTAA)",
+    ),
+    AtCommand(
+        "APPEUI",
+        True,
+        True,
+        False,
+        (Param("join_eui", ParamKind.HEX, 8, 8),),
+        "the JoinEUI (LoRaWAN 1.0.x AppEUI)",
+    ),
+    AtCommand(
+        "APPKEY",
+        True,
+        True,
+        False,
+        (Param("app_key", ParamKind.HEX, 16, 16),),
+        "the AppKey (OTAA root key)",
+    ),
+    AtCommand(
+        "BAND",
+        True,
+        True,
+        False,
+        (Param("band", ParamKind.INT, 0, 12),),
+        "the regional plan: 4 EU868 (0 EU433, 1 CN470, 5 US915, 6 AU915, 8 AS923-1 ...)",
+    ),
+    AtCommand(
+        "NJM",
+        True,
+        True,
+        False,
+        (Param("mode", ParamKind.INT, 0, 1),),
+        "network join mode: 0 ABP, 1 OTAA",
     ),
     AtCommand(
         "P2P",
