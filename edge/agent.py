@@ -33,6 +33,13 @@ marked ``complete``), the agent is *ready*: it logs ``gateway <id> ready: ...`` 
 counters to ``status.json`` in the state directory (atomically: a reader never sees half a
 file), for a technician at the gateway and for the demo's summary.
 
+A configuration document restarts only what it changes (:meth:`EdgeAgent.reconfigure`): the
+radio lives in a :class:`RadioSlot` that every loop holds, so a new channel plan replaces the
+backend under them (:meth:`EdgeAgent.restart_radio`); new MQTT settings reconnect the uplink
+and restart the control loop alone (:meth:`EdgeAgent.restart_mqtt`); the rest is taken live
+(:meth:`EdgeAgent.apply_live`). The state database, the batches held and the device sessions
+stay as they are.
+
 The hot path (one frame): ``process`` -> ``Batcher.add`` -> maybe a seal (one transaction) and
 a wake-up of the uplink. A separate timer task seals batches on age; it sleeps until the held
 batch is due, so a lone reading waits ``max_age_s``, not a polling tick.
@@ -42,21 +49,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Final
+from types import TracebackType
+from typing import Any, Final, Self
 
 import aiomqtt
 
-from ..codecs.concentrator import TxError
+from ..codecs.concentrator import RxFrame, TxAck, TxError, TxRequest
 from ..codecs.control import (
     JoinForward,
     decode_join_answer,
@@ -76,13 +85,13 @@ from .downlinks import DOWN_TOPIC, EdgeDownlinks
 from .errors import EdgeError, RadioError
 from .health import AgentFigures, HealthSources, collect_health
 from .lorawan_proc import JoinRequestForward, LorawanProcessor, join_accept_tx
-from .radio import RadioBackend, RadioCounters
-from .remote_config import CONFIG_TOPIC
+from .radio import RadioBackend, RadioCounters, RadioStatus
+from .remote_config import CONFIG_TOPIC, changed_parts
 from .state import StateDb, UplinkOutbox
 from .uplink import TOPIC_PREFIX, Uplink, backoff_delay_s
 from .wired import WiredBus
 
-__all__ = ["AgentCounters", "EdgeAgent"]
+__all__ = ["AgentCounters", "EdgeAgent", "RadioSlot"]
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +150,9 @@ class AgentCounters:
     ``control_rejected``: control messages dropped (bad signature, malformed, unknown token);
     ``health_published``: health messages the broker acknowledged;
     ``wired_readings``: readings received from wired nodes (they count in ``readings`` too,
-    once sealed); ``loop_restarts``: supervised loops that failed and were started again.
+    once sealed); ``loop_restarts``: supervised loops that failed and were started again;
+    ``control_connections``: control subscriptions made (one per connection of the control
+    connection).
     """
 
     readings: int = 0
@@ -158,6 +169,7 @@ class AgentCounters:
     health_published: int = 0
     wired_readings: int = 0
     loop_restarts: int = 0
+    control_connections: int = 0
 
 
 class _PendingJoin:
@@ -166,6 +178,127 @@ class _PendingJoin:
     def __init__(self, forward: JoinRequestForward, heard_at: float) -> None:
         self.forward = forward
         self.heard_at = heard_at
+
+
+class RadioSlot:
+    """The agent's radio: one :class:`~owlgate.edge.radio.RadioBackend` at a time, which
+    :meth:`replace` swaps for another while the agent runs.
+
+    Everything in the agent holds the slot, not the backend, so a new channel plan (or another
+    backend) reaches the receive loop, the downlink sender and the join accepts without
+    restarting them: :meth:`frames` goes on with the new backend's packets once the old
+    backend's iterator ended (after the packets it had already received). :attr:`counters`
+    add up every backend the slot has held, so the figures in health messages never go back.
+    """
+
+    def __init__(self, backend: RadioBackend) -> None:
+        self._backend = backend
+        self._entered = False
+        self._closed = False
+        self._replaced = asyncio.Event()
+        self._retired = RadioCounters()
+        # Replaced backends whose last packets the consumer has not read yet: their counters
+        # still move (rx_delivered).
+        self._retiring: list[RadioBackend] = []
+        #: Backends replaced since the slot was opened.
+        self.replacements = 0
+
+    @property
+    def backend(self) -> RadioBackend:
+        """The backend now."""
+        return self._backend
+
+    def _is_closed(self) -> bool:
+        return self._closed
+
+    async def __aenter__(self) -> Self:
+        await self._backend.__aenter__()
+        self._entered = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closed = True
+        self._wake_frames()
+        if self._entered:
+            self._entered = False
+            await self._backend.__aexit__(exc_type, exc, tb)
+
+    async def replace(self, backend: RadioBackend) -> None:
+        """Close the backend now and start ``backend`` in its place (the old one first: both
+        may want the same serial port or UDP port). A ``backend`` that cannot start raises
+        its error and stays in the slot, disconnected, until the next :meth:`replace`."""
+        if self._closed:
+            raise EdgeError("the radio is closed")
+        old = self._backend
+        if self._entered:
+            self._entered = False
+            self._retiring.append(old)
+            await old.__aexit__(None, None, None)
+        else:
+            self._retired = _add_counters(self._retired, old.counters)
+        self._backend = backend
+        self.replacements += 1
+        # A method, not the attribute: the slot may be closed while this awaits.
+        if self._is_closed():
+            # Closed while the old backend was closing: the new one is not started.
+            return
+        await backend.__aenter__()
+        if self._is_closed():
+            await backend.__aexit__(None, None, None)
+            return
+        self._entered = True
+        self._wake_frames()
+
+    def _wake_frames(self) -> None:
+        replaced, self._replaced = self._replaced, asyncio.Event()
+        replaced.set()
+
+    async def frames(self) -> AsyncIterator[RxFrame]:
+        """The packets of the backend in the slot, across replacements, until the slot
+        closes."""
+        while not self._closed:
+            backend = self._backend
+            if self._entered:
+                async for rx in backend.frames():
+                    yield rx
+                if backend in self._retiring:
+                    self._retiring.remove(backend)
+                    self._retired = _add_counters(self._retired, backend.counters)
+            # That backend was closed (or never started): wait for a successor that started,
+            # or for the slot to close.
+            while (backend is self._backend or not self._entered) and not self._closed:
+                await self._replaced.wait()
+
+    async def transmit(self, request: TxRequest, *, timeout_s: float | None = None) -> TxAck:
+        """:meth:`RadioBackend.transmit` on the backend now."""
+        return await self._backend.transmit(request, timeout_s=timeout_s)
+
+    @property
+    def counters(self) -> RadioCounters:
+        """The counters of every backend the slot held, added up."""
+        total = _add_counters(self._retired, self._backend.counters)
+        for backend in self._retiring:
+            total = _add_counters(total, backend.counters)
+        return total
+
+    @property
+    def status(self) -> RadioStatus:
+        """The backend's status now."""
+        return self._backend.status
+
+
+def _add_counters(first: RadioCounters, second: RadioCounters) -> RadioCounters:
+    return RadioCounters(
+        **{
+            field.name: getattr(first, field.name) + getattr(second, field.name)
+            for field in dataclasses.fields(RadioCounters)
+        }
+    )
 
 
 class EdgeAgent:
@@ -207,11 +340,14 @@ class EdgeAgent:
         # Set while run() is inside its resources; None otherwise.
         self._processor: LorawanProcessor | None = None
         self._batcher: Batcher | None = None
-        self._radio: RadioBackend | None = None
+        self._slot: RadioSlot | None = None
         self._wired: WiredBus | None = None
         self._wired_batcher: Batcher | None = None
         self._wired_started = asyncio.Event()
         self._loop_restarts: dict[str, int] = {}
+        # The supervised loops while running, by name: how to start each, and its task.
+        self._loops: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
+        self._loop_tasks: dict[str, asyncio.Task[None]] = {}
         # When the status loop last ran, and when the uplink last made progress (monotonic).
         self._status_beat = time.monotonic()
         self._uplink_beat = (time.monotonic(), 0)
@@ -245,14 +381,19 @@ class EdgeAgent:
         return self._processor
 
     @property
+    def _radio(self) -> RadioBackend | None:
+        # The backend in the slot now (what the test suites of the backends look at).
+        return None if self._slot is None else self._slot.backend
+
+    @property
     def radio_counters(self) -> RadioCounters | None:
         """The concentrator's counters while running."""
-        return None if self._radio is None else self._radio.counters
+        return None if self._slot is None else self._slot.counters
 
     @property
     def radio_connected(self) -> bool:
         """Whether the concentrator is configured and receiving now."""
-        return self._radio is not None and self._radio.status.connected
+        return self._slot is not None and self._slot.status.connected
 
     @property
     def uplink(self) -> Uplink | None:
@@ -316,7 +457,7 @@ class EdgeAgent:
                 max_age_s=config.batch.max_age_s,
                 backhaul=backhaul_up,
             )
-            radio = make_radio(config)
+            radio = RadioSlot(make_radio(config))
             wired = make_wired_bus(config, state.node_seqs())
             wired_batcher = (
                 None
@@ -332,7 +473,7 @@ class EdgeAgent:
                 )
             )
             self._state, self._processor, self._batcher = state, processor, batcher
-            self._radio, self._uplink = radio, uplink
+            self._slot, self._uplink = radio, uplink
             self._wired, self._wired_batcher = wired, wired_batcher
             self._active_keys = keys
             try:
@@ -345,13 +486,13 @@ class EdgeAgent:
             finally:
                 self._active_keys = None
                 self._state = self._processor = self._batcher = None
-                self._radio = self._uplink = None
+                self._slot = self._uplink = None
                 self._wired = self._wired_batcher = None
 
     async def _supervise(
         self,
         keys: GatewayKeys,
-        radio: RadioBackend,
+        radio: RadioSlot,
         uplink: Uplink,
         processor: LorawanProcessor,
         batcher: Batcher,
@@ -375,14 +516,20 @@ class EdgeAgent:
                     lambda: self._seal_on_age(uplink, wired_batcher, self._wired_started),
                 ),
             ]
-        tasks = [
-            asyncio.create_task(self._supervised(name, loop), name=name) for name, loop in loops
-        ]
-        tasks.append(asyncio.create_task(self._announce_ready(radio), name="readiness"))
+        self._loops = dict(loops)
+        self._loop_tasks = {
+            name: asyncio.create_task(self._supervised(name, loop), name=name)
+            for name, loop in loops
+        }
+        readiness = asyncio.create_task(self._announce_ready(radio), name="readiness")
         stopper = asyncio.create_task(self._stop.wait(), name="stop")
+        # The supervised loops never end by themselves (_supervised starts them again), and
+        # one may be replaced while running (_restart_loop): only these two are waited for.
         try:
-            await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([readiness, stopper], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            tasks = [*self._loop_tasks.values(), readiness]
+            self._loops, self._loop_tasks = {}, {}
             for task in (*tasks, stopper):
                 task.cancel()
             await asyncio.wait([*tasks, stopper])
@@ -390,12 +537,21 @@ class EdgeAgent:
             self._control_ready.clear()
             await self._shut_down(uplink, batcher)
             self._write_status(radio, uplink, state)
-        for task in tasks:
-            if task.done() and not task.cancelled():
-                # Only the readiness task can end by itself, and only with an error (a bug).
-                error = task.exception()
-                if error is not None:
-                    raise error
+        if readiness.done() and not readiness.cancelled():
+            # The readiness task ends by itself only with an error (a bug).
+            error = readiness.exception()
+            if error is not None:
+                raise error
+
+    async def _restart_loop(self, name: str) -> None:
+        """Stop the supervised loop ``name`` and start it again (the others go on)."""
+        task, start = self._loop_tasks.get(name), self._loops.get(name)
+        if task is None or start is None:
+            raise EdgeError(f"no {name} loop is running")
+        task.cancel()
+        await asyncio.wait([task])
+        if self._loops.get(name) is start:
+            self._loop_tasks[name] = asyncio.create_task(self._supervised(name, start), name=name)
 
     async def _supervised(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``loop`` for good: when it fails (or ends, which it should never do), log it
@@ -430,7 +586,11 @@ class EdgeAgent:
                 log.error(
                     "the last batch could not be written (%d readings lost): %s", len(held), err
                 )
-        # Bounded: a backhaul that is down must not keep the agent from stopping.
+        await self._drain(uplink)
+
+    async def _drain(self, uplink: Uplink) -> None:
+        # Bounded: a backhaul that is down must not keep the agent from stopping (or from
+        # taking new MQTT settings).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SHUTDOWN_DRAIN_S):
                 # The outbox has no event to wait on; polling for two seconds at most is fine.
@@ -567,11 +727,33 @@ class EdgeAgent:
         processor: LorawanProcessor,
         batcher: Batcher,
     ) -> None:
-        mqtt = self.config.mqtt
         accept_topic = self._prefix + JOIN_ACCEPT_TOPIC
         keys_topic = self._prefix + KEYS_TOPIC
         down_topic = self._prefix + DOWN_TOPIC
         config_topic = self._prefix + CONFIG_TOPIC
+        try:
+            await self._control_connection(
+                keys,
+                radio,
+                processor,
+                batcher,
+                (accept_topic, keys_topic, down_topic, config_topic),
+            )
+        finally:
+            # Cancelled (the agent stops, or MQTT settings changed): no subscription now.
+            self.control_connected = False
+            self._control_ready.clear()
+
+    async def _control_connection(
+        self,
+        keys: GatewayKeys,
+        radio: RadioBackend,
+        processor: LorawanProcessor,
+        batcher: Batcher,
+        topics: tuple[str, str, str, str],
+    ) -> None:
+        mqtt = self.config.mqtt
+        accept_topic, keys_topic, down_topic, config_topic = topics
         attempt = 0
         while True:
             client = aiomqtt.Client(
@@ -593,6 +775,7 @@ class EdgeAgent:
                         [(accept_topic, 1), (keys_topic, 1), (down_topic, 1), (config_topic, 1)]
                     )
                     self.control_connected = True
+                    self.counters.control_connections += 1
                     attempt = 0
                     log.info("control subscription on %s:%d", mqtt.host, mqtt.port)
                     await self._control_subscribed()
@@ -792,9 +975,12 @@ class EdgeAgent:
 
     def apply_live(self, config: EdgeConfig) -> None:
         """Run with ``config`` from now on, for the settings that need no restart: the batch
-        limits (from the next reading on), the health interval (the wait starts again) and
-        the expected devices. The radio, MQTT and outbox settings of ``config`` must be the
-        running ones (the service restarts the agent for those)."""
+        limits (from the next reading on), the health interval (the wait starts again), the
+        expected devices and the outbox bound. The radio and MQTT settings of ``config`` must
+        be the running ones (:meth:`reconfigure` restarts those parts first)."""
+        state = self._state
+        if state is not None and config.outbox.max_bytes != state.max_outbox_bytes:
+            state.set_max_outbox_bytes(config.outbox.max_bytes)
         self.config = config
         for batcher in (self._batcher, self._wired_batcher):
             if batcher is not None:
@@ -802,10 +988,74 @@ class EdgeAgent:
                 batcher.max_age_s = config.batch.max_age_s
         self._health_wake.set()
 
+    async def reconfigure(self, config: EdgeConfig) -> frozenset[str]:
+        """Run with ``config`` from now on, restarting only the parts whose settings differ
+        from the running ones (:func:`~owlgate.edge.remote_config.changed_parts`): the radio
+        backend (:meth:`restart_radio`), the MQTT connections (:meth:`restart_mqtt`), then
+        the rest live (:meth:`apply_live`); the parts that changed.
+
+        Raises what the failing step raises (an :class:`~owlgate.codecs.errors.OwlgateError`);
+        the parts done before it run their new settings, the others their old ones, and
+        :attr:`config` says which: ``reconfigure`` with the previous configuration then
+        restores only what was changed. :class:`EdgeError` while not running."""
+        if self._slot is None or self._uplink is None:
+            raise EdgeError("the agent is not running")
+        parts = changed_parts(self.config, config)
+        if "radio" in parts:
+            await self.restart_radio(config)
+        if "mqtt" in parts:
+            await self.restart_mqtt(config)
+        self.apply_live(config)
+        return parts
+
+    async def restart_radio(self, config: EdgeConfig) -> None:
+        """Replace the radio backend with the one ``config``'s ``[radio]`` describes (the
+        MQTT connections, the outbox and the held readings are not touched; the radio's
+        RADIO_CONFIG carries ``config``'s id). :attr:`config` takes ``config.radio`` once the
+        new backend is built. Raises :class:`~owlgate.edge.errors.ConfigError` when it cannot
+        be built (nothing changed), the backend's error when it cannot start."""
+        slot = self._slot
+        if slot is None:
+            raise EdgeError("the agent is not running")
+        backend = make_radio(config)
+        log.info(
+            "radio: restarting it with %s (%d channels, %d dBm)",
+            config.radio.where,
+            len(config.radio.channels),
+            config.radio.tx_power_dbm,
+        )
+        self.config = dataclasses.replace(self.config, radio=config.radio)
+        await slot.replace(backend)
+
+    async def restart_mqtt(self, config: EdgeConfig) -> None:
+        """Connect the uplink and the control connection again with ``config``'s ``[mqtt]``
+        (broker, keep-alive, password); the held batches are sealed into the outbox first,
+        and the radio keeps receiving: what arrives meanwhile is batched and published once
+        the new connection is up. Raises :class:`~owlgate.edge.errors.ConfigError` when the
+        password file cannot be read (nothing changed)."""
+        uplink = self._uplink
+        if uplink is None:
+            raise EdgeError("the agent is not running")
+        password = load_mqtt_password(config)
+        for held in (self._batcher, self._wired_batcher):
+            if held is not None:
+                self._seal(held, uplink)
+        # What the connection can still deliver goes out before it closes (as at a stop):
+        # an entry in flight when it closes would be sent twice.
+        await self._drain(uplink)
+        mqtt = config.mqtt
+        log.info("MQTT: reconnecting to %s:%d", mqtt.host, mqtt.port)
+        self.config = dataclasses.replace(self.config, mqtt=mqtt)
+        self._mqtt_password = password
+        await self._restart_loop("control")
+        await uplink.reconnect(
+            mqtt.host, mqtt.port, keepalive_s=mqtt.keepalive_s, password=password
+        )
+
     async def heartbeat_now(self) -> bool:
         """Publish a health message now, at QoS 1; True once the broker acknowledged it
         (False while not running or without a connection)."""
-        radio, uplink, state, keys = self._radio, self._uplink, self._state, self._active_keys
+        radio, uplink, state, keys = self._slot, self._uplink, self._state, self._active_keys
         if radio is None or uplink is None or state is None or keys is None:
             return False
         payload = sign(encode_health(await self._health(radio, uplink, state)), keys.identity)
@@ -829,7 +1079,7 @@ class EdgeAgent:
     def radio_error(self) -> str | None:
         """Why the radio is not connected now (its last error), None while connected or
         before any attempt failed."""
-        radio = self._radio
+        radio = self._slot
         if radio is None or radio.status.connected:
             return None
         return radio.status.last_error
@@ -923,6 +1173,8 @@ class EdgeAgent:
                 "connected": uplink.connected,
                 "published": uplink.published,
                 "reconnects": uplink.reconnects,
+                "connections": uplink.connections,
+                "restarts": uplink.restarts,
                 "last_rtt_ms": uplink.last_rtt_ms,
                 "direct_dropped": uplink.direct_dropped,
             },
@@ -949,6 +1201,8 @@ class EdgeAgent:
             return {}
         from .semtech_udp import SemtechUdpBackend
 
+        if isinstance(radio, RadioSlot):
+            radio = radio.backend
         if not isinstance(radio, SemtechUdpBackend):
             return {}
         stats = radio.forwarder_stats

@@ -116,10 +116,12 @@ CREDENTIALS_DIR: Final = "credentials"
 MAX_SPOOLED_REPORTS: Final = 256
 #: Refused documents remembered (by SHA-256 of their bytes) so a retained one is answered once.
 MAX_ANSWERED: Final = 64
-#: The parts of a configuration; a change of these restarts the agent (radio backend, MQTT
-#: connections, the state database's bound), the others are taken by the running agent.
-RESTART_PARTS: Final = frozenset({"radio", "mqtt", "outbox"})
-LIVE_PARTS: Final = frozenset({"batch", "health", "log_level", "devices"})
+#: The parts of a configuration. A change of these restarts that part alone inside the
+#: running agent (``radio``: the radio backend; ``mqtt``: the uplink and the control
+#: connection); the others are taken live by the running agent (``outbox``: the state
+#: database's bound, changed while open).
+RESTART_PARTS: Final = frozenset({"radio", "mqtt"})
+LIVE_PARTS: Final = frozenset({"batch", "health", "log_level", "devices", "outbox"})
 #: ``mqtt_credentials`` a gateway understands: ``file:NAME``, a password file in
 #: ``state_dir/config/credentials/`` (a plain name: no folder, not hidden).
 _CREDENTIALS_FILE = re.compile(r"file:([A-Za-z0-9_][A-Za-z0-9._-]{0,63})")

@@ -23,9 +23,10 @@ service manager what it does:
   process, between ``RELOADING=1`` and ``READY=1``. A configuration document from the fleet
   that runs stays in force over the new file.
 - A configuration document from the fleet (``docs/edge-config-ota.md``) is applied here,
-  live when only the batch limits, the health interval, the log level or the device list
-  change, else by starting a new agent (``RELOADING=1`` then ``READY=1`` as for a reload);
-  then the self-check commits it or rolls it back.
+  inside the running agent: live for the batch limits, the health interval, the log level,
+  the device list and the outbox bound; a radio change restarts only the radio backend, an
+  MQTT change only the two MQTT connections (:meth:`EdgeAgent.reconfigure`). Then the
+  self-check commits it or rolls it back, restarting again only what was restarted.
 
 The exit code is 0 after a requested stop, 1 when the agent failed (systemd restarts it), 2
 for a bad configuration at start (systemd does not: ``RestartPreventExitStatus=2``).
@@ -137,9 +138,9 @@ class CheckResult:
 
 
 class AgentService:
-    """Runs one :class:`EdgeAgent` at a time until asked to stop; a reload replaces it, and
-    so does a configuration document from the fleet that changes the radio, MQTT or the
-    outbox.
+    """Runs one :class:`EdgeAgent` at a time until asked to stop; a reload replaces it. A
+    configuration document from the fleet is applied inside the running agent
+    (:meth:`EdgeAgent.reconfigure`: only the parts that changed restart).
 
     ``config`` and ``keys`` are the checked start configuration (the factory ``edge.toml``);
     ``agent_factory`` makes each agent (tests may pass their own). The configuration the
@@ -147,7 +148,8 @@ class AgentService:
     (:class:`~owlgate.edge.remote_config.ConfigKeeper`, in ``state_dir/config/``).
 
     A document arrives on the agent's control connection and is applied here: verified,
-    reported ``received``, stored on trial, applied (live, or by restarting the agent), then
+    reported ``received``, stored on trial, applied (live, or restarting only the radio or the
+    MQTT connections), then
     the self-check within ``[config] apply_deadline_s``: radio connected, broker connected,
     a heartbeat acknowledged. Pass: committed and reported ``applied``. Fail: the previous
     configuration runs again and ``rolled_back`` is reported with the check that failed.
@@ -435,9 +437,8 @@ class AgentService:
         assert new is not None
         old = self.config
         parts = changed_parts(old, new)
-        restart = bool(parts & RESTART_PARTS)
         changes = ", ".join(sorted(parts)) or "nothing"
-        how = "restarting the agent" if restart else "live, without a restart"
+        how = _how(parts)
         log.info(
             "applying configuration document seq %d (%s): %s changed, %s",
             doc.seq,
@@ -462,10 +463,7 @@ class AgentService:
             self._reports_waiting.set()
         try:
             self._take(new)
-            if restart:
-                await self._restart(new, f"configuration document seq {doc.seq}")
-            else:
-                self._agent.apply_live(new)
+            await self._agent.reconfigure(new)
         except OwlgateError as err:
             result: CheckResult | None = CheckResult(False, "apply", _message(err))
         else:
@@ -501,13 +499,26 @@ class AgentService:
             result.detail,
         )
         self._settle_failure(decision, result.reason, result.detail, old)
-        running = self._running
-        if restart or (running is not None and running.done()):
-            await self._restart(old, f"rolling back configuration document seq {doc.seq}")
-        else:
-            self._agent.apply_live(old)
+        await self._roll_back(old, doc.seq)
         self._take(old)
         return None
+
+    async def _roll_back(self, old: EdgeConfig, seq: int) -> None:
+        """Run ``old`` again: the same paths in reverse, restarting only the parts the
+        document changed (the agent knows which it took), or a new agent when the running
+        one ended or cannot go back in place."""
+        why = f"rolling back configuration document seq {seq}"
+        running = self._running
+        if running is None or running.done():
+            await self._restart(old, why)
+            return
+        try:
+            parts = await self._agent.reconfigure(old)
+        except OwlgateError as err:
+            log.error("%s in place failed (%s): starting the agent again", why, _message(err))
+            await self._restart(old, why)
+            return
+        log.info("%s: %s", why, _how(parts))
 
     def _settle_failure(
         self, decision: Decision, reason: str, detail: str, old: EdgeConfig
@@ -665,6 +676,14 @@ class AgentService:
                 stuck = True
                 log.error("watchdog not fed: the agent reports a stuck loop")
             await asyncio.sleep(interval_s / 2)
+
+
+def _how(parts: frozenset[str]) -> str:
+    """How a change of ``parts`` is applied, for the log and the ``received`` report."""
+    restarted = sorted(parts & RESTART_PARTS)
+    if not restarted:
+        return "live, without a restart"
+    return f"restarting only the {' and the '.join(restarted)}"
 
 
 def _message(err: OwlgateError) -> str:

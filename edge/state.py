@@ -271,6 +271,25 @@ class StateDb:
         """Open (creating if needed) ``STATE_FILE`` in the gateway's state directory."""
         return cls(Path(state_dir) / STATE_FILE, max_outbox_bytes=max_outbox_bytes)
 
+    def set_max_outbox_bytes(self, max_outbox_bytes: int) -> None:
+        """Bound the outbox to ``max_outbox_bytes`` from now on, while open (a configuration
+        document may change it). A raised bound lets the file grow at once; a lowered one
+        keeps what is waiting until the next write, which evicts the oldest entries down to
+        the new bound (counted, as any eviction). :class:`StateError` for a bound below 1."""
+        if max_outbox_bytes < 1:
+            raise StateError(f"max_outbox_bytes must be positive, got {max_outbox_bytes}")
+        wanted_pages = max(MIN_FILE_PAGES, -(-max_outbox_bytes // self._page_size))
+        try:
+            # SQLite keeps the current size when the file is larger than the new bound.
+            pages: int = self._db.execute(f"PRAGMA max_page_count = {wanted_pages}").fetchone()[0]
+        except sqlite3.Error as err:
+            raise StateError(f"{self.path}: cannot change the outbox bound: {err}") from err
+        old = self.max_outbox_bytes
+        self.max_outbox_bytes = max_outbox_bytes
+        self._max_pages = pages
+        _log.info("outbox bound changed from %d to %d bytes", old, max_outbox_bytes)
+        self._check_fill()
+
     def close(self) -> None:
         self._db.close()
 

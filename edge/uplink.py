@@ -30,6 +30,11 @@ publish of each connection, for at most ``announce_wait_s``; the outbox drains m
 after it, as before. :meth:`Uplink.announce` publishes ``online`` again on the current
 connection, for when the control subscription came back after the ``online`` went out.
 
+:meth:`Uplink.reconnect` ends the connection cleanly (``offline``, DISCONNECT) and connects
+again with other settings (broker, keep-alive, password): a configuration document that
+changes MQTT restarts only this, and the outbox, the counters and the caller's references to
+the uplink stay as they are.
+
 Health messages do not go through the outbox: a health snapshot is only worth its moment, and
 the fleet's offline rule wants the newest one. :meth:`Uplink.publish_now` publishes directly on
 the current connection (QoS 1 by default, timing the round trip) and returns False, counted in
@@ -72,6 +77,9 @@ DEFAULT_BACKOFF_CAP_S = 60.0
 STABLE_CONNECTION_S = 30.0
 #: How long an ``announce_gate`` may hold the ``online`` of a new connection.
 DEFAULT_ANNOUNCE_WAIT_S = 10.0
+#: :meth:`Uplink.reconnect` gives the current connection this long to say goodbye before it
+#: cancels it (a broker that went silent must not hold up the new settings).
+RECONNECT_GRACE_S = 2.0
 _MAX_BACKOFF_EXPONENT = 30
 _WATCH_GRACE_S = 1.0
 
@@ -128,9 +136,10 @@ class Uplink:
 
     Counters, read-only for callers: ``published`` (outbox entries acknowledged after their
     PUBACK), ``reconnects`` (MQTT errors that made the uplink connect again, failed attempts
-    included), ``last_rtt_ms`` (the last QoS 1 round trip of a state or direct publish, None
-    before the first), ``connected``, ``announced`` (``online`` acknowledged on the current
-    connection), ``direct_published`` and ``direct_dropped``.
+    included), ``connections`` (connections that got as far as ``online``), ``restarts``
+    (calls of :meth:`reconnect`), ``last_rtt_ms`` (the last QoS 1 round trip of a state or
+    direct publish, None before the first), ``connected``, ``announced`` (``online``
+    acknowledged on the current connection), ``direct_published`` and ``direct_dropped``.
 
     ``announce_gate``, when given, is awaited before each connection's ``online`` publish, for
     at most ``announce_wait_s`` (then ``online`` goes out anyway, with a warning).
@@ -189,6 +198,8 @@ class Uplink:
 
         self.published = 0
         self.reconnects = 0
+        self.connections = 0
+        self.restarts = 0
         self.last_rtt_ms: int | None = None
         self.connected = False
         self.announced = False
@@ -223,7 +234,62 @@ class Uplink:
             return
         self._stopping.set()
         self._wake.set()
-        await task
+        try:
+            # Not ``await task``: a reconnect() under way may have cancelled it already.
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+
+    async def reconnect(
+        self,
+        host: str,
+        port: int = DEFAULT_MQTT_PORT,
+        *,
+        keepalive_s: int = DEFAULT_KEEPALIVE_S,
+        password: str | None = None,
+    ) -> None:
+        """End the connection as :meth:`close` does (given :data:`RECONNECT_GRACE_S`, then
+        cancelled) and connect again to ``host``:``port`` with ``keepalive_s`` and
+        ``password``. The outbox and the counters are kept; what was in flight goes out again
+        on the new connection. Raises :class:`UplinkError` when the uplink is not started."""
+        task = self._task
+        if task is None:
+            raise UplinkError("the uplink is not started")
+        self._stopping.set()
+        self._wake.set()
+        done, _ = await asyncio.wait([task], timeout=RECONNECT_GRACE_S)
+        if not done:
+            log.warning(
+                "MQTT %s:%d: no clean goodbye within %.1f s; dropping the connection",
+                self.host,
+                self.port,
+                RECONNECT_GRACE_S,
+            )
+            task.cancel()
+            await asyncio.wait([task])
+        if self._task is not task:
+            # close() came meanwhile: the uplink stays closed.
+            return
+        self._task = None
+        self.connected = self.announced = False
+        self._client = None
+        self.restarts += 1
+        log.info(
+            "MQTT: connecting to %s:%d (keep-alive %d s) instead of %s:%d",
+            host,
+            port,
+            keepalive_s,
+            self.host,
+            self.port,
+        )
+        self.host, self.port = host, port
+        self._keepalive_s = keepalive_s
+        self._password = password
+        self.start()
 
     async def __aenter__(self) -> Self:
         self.start()
@@ -383,6 +449,7 @@ class Uplink:
         await self._publish_online(client)
         self._client = client
         self.connected = True
+        self.connections += 1
         log.info("MQTT %s:%d connected, RTT %d ms", self.host, self.port, self.last_rtt_ms)
         watcher = asyncio.create_task(self._watch(client), name="uplink watch")
         drainer = asyncio.create_task(self._drain(client), name="uplink drain")
@@ -390,7 +457,15 @@ class Uplink:
         tasks = (watcher, drainer, stopper)
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if drainer in done and not done & {watcher, stopper}:
+            if stopper in done and not drainer.done():
+                # Stopping with a window in flight: let its PUBACKs come (the drainer then
+                # ends), or its entries would go out again on the next connection.
+                await asyncio.wait(
+                    [drainer, watcher],
+                    timeout=self._publish_timeout_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            elif drainer in done and not done & {watcher, stopper}:
                 # aiomqtt 2 reports a lost connection both to the waiting publish and in a
                 # future only the message iterator reads; let the watcher read it too, or
                 # asyncio logs "Future exception was never retrieved".
@@ -418,7 +493,8 @@ class Uplink:
             log.warning("unexpected MQTT message on %s", message.topic)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
-        while True:
+        # Ends when stopping, between two windows.
+        while not self._stopping.is_set():
             # Clear before reading: an entry added after pending() sets the event again.
             self._wake.clear()
             entries = self._outbox.pending(self._max_inflight)

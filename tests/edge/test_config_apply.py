@@ -212,13 +212,14 @@ def test_documents_applied_rolled_back_refused_and_kept_across_a_restart(
                     assert refused.running_hash == live.content_hash
                 assert service.config.document_seq == 5
 
-                # A new channel plan: the agent restarts with it, and commits it.
+                # A new channel plan: the radio restarts with it (in the same agent), and the
+                # document is committed.
                 wider = documents.doc(8, channels=FOUR_CHANNELS, batch_max_readings=8)
                 await documents.publish(documents.signed(wider))
                 await eventually(
                     lambda: states(fleet, identity, 8) == ["received", "applied"], "applied 8"
                 )
-                assert service.agent is not agent
+                assert service.agent is agent
                 assert concentrator.radio_configs[-1].channels == FOUR_CHANNELS
                 await eventually(
                     lambda: wider.content_hash in health_hashes(fleet, identity),
