@@ -270,6 +270,29 @@ COMMANDS: Final = (
         (Param("mode", ParamKind.INT, 0, 1),),
         "network join mode: 0 ABP, 1 OTAA",
     ),
+    # Joining (RUI3 AT Command Manual, "LoRaWAN Joining and Sending"): AT+JOIN answers OK at
+    # once; the outcome comes later as +EVT:JOINED or +EVT:JOIN_FAILED_<why>.
+    AtCommand(
+        "JOIN",
+        True,
+        True,
+        True,
+        (
+            Param("join", ParamKind.INT, 0, 1),  # 1 join, 0 stop joining
+            Param("auto_join", ParamKind.INT, 0, 1),  # join again at every power-up
+            Param("interval_s", ParamKind.INT, 7, 255),  # between attempts
+            Param("attempts", ParamKind.INT, 0, 255),
+        ),
+        "join the network (OTAA); then +EVT:JOINED or +EVT:JOIN_FAILED_RX_TIMEOUT",
+    ),
+    AtCommand(
+        "NJS",
+        True,
+        False,
+        False,
+        (Param("joined", ParamKind.INT, 0, 1),),
+        "network join status: 1 joined, 0 not",
+    ),
     AtCommand(
         "P2P",
         True,

@@ -153,6 +153,16 @@ def gateway(
             "--shared-devices", help="comma-separated DevEUIs the neighbours hear as well"
         ),
     ] = None,
+    tx_air_ports: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--tx-air-port",
+            min=1,
+            max=65535,
+            help="also send every frame the concentrator transmits (a join accept, a downlink)"
+            " to this UDP port on 127.0.0.1, where an emulated module listens (repeatable)",
+        ),
+    ] = None,
     hostile_every: Annotated[
         int,
         typer.Option(
@@ -187,6 +197,7 @@ def gateway(
                 neighbour_ports=tuple(neighbour_ports or ()),
                 shared=shared,
                 hostile_every=hostile_every,
+                tx_air_ports=tuple(tx_air_ports or ()),
             )
         )
     except EmulatorError as err:

@@ -13,6 +13,13 @@ frame a device of another gateway sent and this gateway also hears, and it is re
 concentrator too, a little weaker. The devices in ``shared`` have every uplink sent to each
 port in ``neighbours`` as well. The fleet must merge the two receptions into one reading.
 
+**Transmitting on the air.** With ``tx_air_ports``, every frame the host asks the concentrator
+to transmit (each ``TX_REQUEST``: a join accept, a downlink) is also sent as one datagram to
+each of those ports (JSON: ``phy`` in hex, ``frequency_hz``, ``sf``, ``timestamp_us``, the
+counter value it was scheduled for or null): that is how an emulated module outside this
+process, such as :class:`~owlgate.hil.rak3172_lorawan.EmulatedRak3172LoRaWAN` joining through
+this gateway, hears it.
+
 **Hostile input.** With ``hostile_every`` N, after every N-th uplink the emulator also sends
 one bad input, taking turns: a replay of an older frame of a device, a frame whose MIC was
 altered, a frame with a bad radio CRC, and line noise on the serial link. None may become a
@@ -49,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from ..codecs.concentrator import CrcStatus
+from ..codecs.concentrator import CrcStatus, TxRequest
 from ..codecs.errors import OwlgateError
 from .concentrator import EmulatedConcentrator
 from .devices import DeviceError, Downlinked, EmulatedDevice
@@ -254,6 +261,31 @@ class Neighbours:
             self.transport.sendto(datagram, (AIR_HOST, port))
 
 
+def transmitted_frame(request: TxRequest) -> bytes:
+    """The datagram for a ``--tx-air-port``: one frame the host asked to transmit."""
+    return json.dumps(
+        {
+            "phy": request.payload.hex(),
+            "frequency_hz": request.frequency_hz,
+            "sf": request.sf,
+            "timestamp_us": request.timestamp_us,
+        }
+    ).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class TxAir:
+    """Where transmitted frames go too: ``send(request)`` to every port in ``ports``."""
+
+    ports: tuple[int, ...]
+    transport: asyncio.DatagramTransport
+
+    def send(self, request: TxRequest) -> None:
+        datagram = transmitted_frame(request)
+        for port in self.ports:
+            self.transport.sendto(datagram, (AIR_HOST, port))
+
+
 async def run_gateway(
     concentrator: EmulatedConcentrator,
     devices: list[EmulatedDevice],
@@ -265,6 +297,7 @@ async def run_gateway(
     start: asyncio.Event | None = None,
     neighbours: Neighbours | None = None,
     hostile_every: int = 0,
+    tx_air: TxAir | None = None,
 ) -> None:
     """Drive ``devices`` through ``concentrator`` until ``stop`` is set; the first uplinks wait
     until the host has configured the radio (a real radio hears nothing before that) and, if
@@ -284,6 +317,8 @@ async def run_gateway(
         now = time.monotonic()
         tx = concentrator.tx_requests
         for request in tx[seen_tx:]:
+            if tx_air is not None:
+                tx_air.send(request)
             if _offer_join_accept(devices, join_sent, request.payload):
                 run.joins += 1
                 continue
@@ -370,6 +405,7 @@ async def emulate(
     neighbour_ports: tuple[int, ...] = (),
     shared: list[str] | None = None,
     hostile_every: int = 0,
+    tx_air_ports: tuple[int, ...] = (),
 ) -> GatewayRun:
     """The whole process but the report: concentrator up, ``LINK`` printed, devices run until
     SIGTERM, SIGINT or ``duration_s``; returns what was generated. With ``wait_for_start``
@@ -406,6 +442,13 @@ async def emulate(
             )
             stack.callback(sending.close)
             neighbours = Neighbours(shared_euis, neighbour_ports, sending)
+        tx_air = None
+        if tx_air_ports:
+            transmitting, _ = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=(AIR_HOST, 0)
+            )
+            stack.callback(transmitting.close)
+            tx_air = TxAir(tx_air_ports, transmitting)
         start = None
         if wait_for_start:
             start = asyncio.Event()
@@ -423,6 +466,7 @@ async def emulate(
             start=start,
             neighbours=neighbours,
             hostile_every=hostile_every,
+            tx_air=tx_air,
         )
     return run
 

@@ -2,8 +2,8 @@
 
 :class:`EmulatedRak3172LoRaWAN` answers the LoRaWAN key commands of the RUI3 table in
 :mod:`owlgate.codecs.rui3` (``AT``, ``AT+VER=?``, ``AT+NWM``, ``AT+DEVEUI``, ``AT+APPEUI``,
-``AT+APPKEY``, ``AT+BAND``, ``AT+NJM``, ``ATZ``) with the codec's own formatters, so the wire
-is the one a real module speaks::
+``AT+APPKEY``, ``AT+BAND``, ``AT+NJM``, ``AT+JOIN``, ``AT+NJS``, ``ATZ``) with the codec's own
+formatters, so the wire is the one a real module speaks::
 
     host    AT+DEVEUI=?<CR><LF>
     module  AT+DEVEUI=AC1F09FFFE0A0B0C<CR><LF><CR><LF>OK<CR><LF>
@@ -12,6 +12,18 @@ Like a real RUI3 module it saves every setting to flash as it is written: a rest
 a brown-out) keeps them. It ships with a factory DevEUI (RAK's ``AC1F09FFFE`` prefix), a
 JoinEUI of zeros and no AppKey. In P2P work mode (AT+NWM=0) the LoRaWAN commands answer
 ``AT_MODE_NO_SUPPORT``.
+
+**Joining.** ``AT+JOIN=1:0:<interval>:<attempts>`` answers ``OK`` at once; the module then sends
+a LoRaWAN 1.0.3 join request (its DevEUI, JoinEUI and AppKey, a fresh random DevNonce, section
+6.2.4) and prints ``+EVT:JOINED`` when a join accept it can open with its AppKey arrives, or,
+when none came within the receive window (:data:`JOIN_RX_TIMEOUT_S`, JOIN_ACCEPT_DELAY2) after
+the last attempt, ``+EVT:JOIN_FAILED_RX_TIMEOUT``. ``AT+NJS=?`` answers 1 once joined. The
+radio is the loopback "air" of :mod:`owlgate.hil.gateway_emulator`: with ``air_address`` the
+join request goes as one JSON datagram (``phy`` in hex, ``rssi_dbm``, ``snr_db``,
+``frequency_hz``, ``sf``) to that address, a gateway emulator's ``--air-port``, and the module
+listens on ``air_receive_port`` for what gateways transmit (their ``--tx-air-port``), the same
+format. Without ``air_address`` a join request reaches no gateway and the join fails after the
+window. The join status is not flash-stored: a restart forgets it.
 
 :class:`EmulatedSerialModule` is what it shares with the RN2483 emulator
 (:mod:`owlgate.hil.rn2483`): the pty (a :class:`owlgate.hil.pty.PtyPort` behind a stable
@@ -24,15 +36,18 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 import logging
 import os
 import random
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Self
 
-from ..codecs.errors import CodecError
+from ..codecs.errors import CodecError, LorawanError
+from ..codecs.lorawan import AesKey, EncryptedJoinAccept, JoinRequest
 from ..codecs.rui3 import (
     MAX_LINE_BYTES,
     Request,
@@ -56,6 +71,17 @@ FACTORY_DEV_EUI: Final = bytes.fromhex("AC1F09FFFE0A0B0C")
 BAND_EU868: Final = 4
 #: How long a restart takes before the banner.
 RESTART_DELAY_S: Final = 0.05
+#: How long a join attempt waits for its accept: JOIN_ACCEPT_DELAY2 (LoRaWAN 1.0.3 section
+#: 6.2.5, EU868 in RP002) plus the RX2 window.
+JOIN_RX_TIMEOUT_S: Final = 6.5
+#: How the module is heard on the emulated air, and the channel of its join request (EU868
+#: join channel 868.1 MHz at DR5, SF7 / 125 kHz).
+AIR_RSSI_DBM: Final = -90
+AIR_SNR_DB: Final = 7.5
+JOIN_FREQUENCY_HZ: Final = 868_100_000
+JOIN_SF: Final = 7
+#: The AT+JOIN defaults (RUI3 AT Command Manual): no auto-join, 8 s between attempts.
+DEFAULT_JOIN_INTERVAL_S: Final = 8
 
 
 @dataclass(slots=True)
@@ -240,7 +266,7 @@ class EmulatedSerialModule(AsyncLifecycle, abc.ABC):
             self._random_seed = self.faults.seed
         return self._random
 
-    def _later(self, delay_s: float, callback: Callable[[], object]) -> None:
+    def _later(self, delay_s: float, callback: Callable[[], object]) -> asyncio.TimerHandle:
         assert self._loop is not None
 
         def run() -> None:
@@ -249,6 +275,12 @@ class EmulatedSerialModule(AsyncLifecycle, abc.ABC):
 
         handle = self._loop.call_later(delay_s, run)
         self._timers.add(handle)
+        return handle
+
+    def _cancel(self, handle: asyncio.TimerHandle | None) -> None:
+        if handle is not None:
+            handle.cancel()
+            self._timers.discard(handle)
 
 
 class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
@@ -256,6 +288,9 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
 
     Settings (:attr:`dev_eui`, :attr:`join_eui`, :attr:`app_key`, :attr:`band`,
     :attr:`join_mode`, :attr:`work_mode`) are flash-stored: kept across restarts.
+    ``air_address``, ``air_receive_port`` and ``join_rx_timeout_s``: the emulated radio used by
+    ``AT+JOIN`` (see the module text); ``air_receive_port`` 0 picks a free port
+    (:attr:`air_receive_port` tells which once started).
     """
 
     label = "RAK3172"
@@ -267,8 +302,27 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
         link_name: str = DEFAULT_LINK_NAME,
         dev_eui: bytes = FACTORY_DEV_EUI,
         work_mode: int = 1,
+        air_address: tuple[str, int] | None = None,
+        air_receive_port: int = 0,
+        join_rx_timeout_s: float = JOIN_RX_TIMEOUT_S,
     ) -> None:
         super().__init__(Path(link_dir) / link_name)
+        self.air_address = air_address
+        self.air_receive_port = air_receive_port
+        self.join_rx_timeout_s = join_rx_timeout_s
+        #: Joined (AT+NJS), and the DevAddr the accept gave.
+        self.joined = False
+        self.dev_addr: int | None = None
+        #: Join requests sent; datagrams heard that were not an accept for this module.
+        self.join_requests = 0
+        self.air_ignored = 0
+        self._join_params: tuple[int, int, int, int] = (0, 0, DEFAULT_JOIN_INTERVAL_S, 0)
+        self._pending_nonce: int | None = None
+        self._used_nonces: set[int] = set()
+        self._attempts_left = 0
+        self._join_interval_s = DEFAULT_JOIN_INTERVAL_S
+        self._join_timer: asyncio.TimerHandle | None = None
+        self._air: asyncio.DatagramTransport | None = None
         self.factory_dev_eui = dev_eui
         self.dev_eui = dev_eui
         self.join_eui = bytes(8)
@@ -277,11 +331,113 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
         self.join_mode = 1
         self.work_mode = work_mode
 
+    async def start(self) -> Self:
+        await super().start()
+        if self.air_address is not None:
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _ModuleAir(self), local_addr=("127.0.0.1", self.air_receive_port)
+            )
+            self._air = transport
+            self.air_receive_port = transport.get_extra_info("sockname")[1]
+        return self
+
+    async def close(self) -> None:
+        if self._air is not None:
+            self._air.close()
+            self._air = None
+        await super().close()
+
     def busy_reply(self) -> bytes:
         return format_status(Status.AT_BUSY_ERROR)
 
     def on_restart(self) -> bytes:
+        # The join status lives in RAM: a restarted module has to join again.
+        self._stop_joining()
+        self.joined = False
+        self.dev_addr = None
         return format_banner(VERSION, self.work_mode)
+
+    # --- joining ------------------------------------------------------------------------------
+
+    def _start_joining(self, interval_s: int, attempts: int) -> None:
+        self._stop_joining()
+        self.joined = False
+        self.dev_addr = None
+        # RUI3 counts 0 attempts as one (the default of AT+JOIN).
+        self._attempts_left = max(1, attempts)
+        self._join_interval_s = interval_s
+        # The attempt follows the OK: the reply is written before the timer fires.
+        self._join_timer = self._later(0.0, self._join_attempt)
+
+    def _stop_joining(self) -> None:
+        self._cancel(self._join_timer)
+        self._join_timer = None
+        self._pending_nonce = None
+        self._attempts_left = 0
+
+    def _join_attempt(self) -> None:
+        # LoRaWAN 1.0.3 section 6.2.4: a random DevNonce, never one the server saw already.
+        nonce = secrets.randbelow(0x10000)
+        while nonce in self._used_nonces and len(self._used_nonces) < 0x10000:
+            nonce = secrets.randbelow(0x10000)
+        self._used_nonces.add(nonce)
+        self._pending_nonce = nonce
+        self._attempts_left -= 1
+        request = JoinRequest.build(
+            AesKey(self.app_key),
+            join_eui=int.from_bytes(self.join_eui, "big"),
+            dev_eui=int.from_bytes(self.dev_eui, "big"),
+            dev_nonce=nonce,
+        )
+        self.join_requests += 1
+        if self._air is not None and self.air_address is not None:
+            datagram = {
+                "phy": request.to_bytes().hex(),
+                "rssi_dbm": AIR_RSSI_DBM,
+                "snr_db": AIR_SNR_DB,
+                "frequency_hz": JOIN_FREQUENCY_HZ,
+                "sf": JOIN_SF,
+            }
+            self._air.sendto(json.dumps(datagram).encode(), self.air_address)
+        log.info("emulated %s %s sent a join request", self.label, self.path)
+        self._join_timer = self._later(self.join_rx_timeout_s, self._join_timed_out)
+
+    def _join_timed_out(self) -> None:
+        self._pending_nonce = None
+        if self._attempts_left > 0:
+            wait_s = max(0.0, self._join_interval_s - self.join_rx_timeout_s)
+            self._join_timer = self._later(wait_s, self._join_attempt)
+            return
+        self._join_timer = None
+        log.info("emulated %s %s heard no join accept", self.label, self.path)
+        self._port.write(b"+EVT:JOIN_FAILED_RX_TIMEOUT\r\n")
+
+    def heard(self, data: bytes) -> None:
+        """One datagram from the air: a frame some gateway transmitted."""
+        nonce = self._pending_nonce
+        try:
+            phy = bytes.fromhex(json.loads(data)["phy"])
+        except (ValueError, KeyError, TypeError) as err:
+            self.air_ignored += 1
+            log.warning("emulated %s %s: not a frame on the air (%s)", self.label, self.path, err)
+            return
+        if nonce is None:
+            self.air_ignored += 1
+            return
+        key = AesKey(self.app_key)
+        try:
+            accept = EncryptedJoinAccept.from_bytes(phy).decrypt(key)
+            accept.verify_mic(key)
+        except LorawanError:
+            # Someone else's downlink, or an accept for another device.
+            self.air_ignored += 1
+            return
+        self._stop_joining()
+        self.joined = True
+        self.dev_addr = accept.dev_addr
+        log.info("emulated %s %s joined as %08x", self.label, self.path, accept.dev_addr)
+        self._port.write(b"+EVT:JOINED\r\n")
 
     def answer(self, line: str) -> bytes | None:
         try:
@@ -300,7 +456,7 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
     def _answer(self, request: Request) -> tuple[bytes, Status] | None:
         # One case per command and form of the RUI3 table that a LoRaWAN module answers.
         name, form = request.command.name, request.form
-        lorawan = name in ("DEVEUI", "APPEUI", "APPKEY", "BAND", "NJM")
+        lorawan = name in ("DEVEUI", "APPEUI", "APPKEY", "BAND", "NJM", "JOIN", "NJS")
         if lorawan and self.work_mode != 1:
             return b"", Status.AT_MODE_NO_SUPPORT
         match (name, form):
@@ -351,5 +507,34 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
                 assert isinstance(mode, int)
                 self.join_mode = mode
                 return b"", Status.OK
+            case ("JOIN", "read"):
+                return format_value("JOIN", ":".join(map(str, self._join_params))), Status.OK
+            case ("JOIN", "set" | "run"):
+                if form == "set":
+                    # Every field of the JOIN row is an integer.
+                    values = parse_values("JOIN", request.argument)
+                    join, auto, interval_s, attempts = (int(value) for value in values)
+                    self._join_params = (join, auto, interval_s, attempts)
+                join, _auto, interval_s, attempts = self._join_params
+                if self.join_mode != 1:
+                    # An ABP module has its session already: there is nothing to join.
+                    return b"", Status.AT_ERROR
+                if form == "set" and join == 0:
+                    self._stop_joining()
+                else:
+                    self._start_joining(interval_s, attempts)
+                return b"", Status.OK
+            case ("NJS", "read"):
+                return format_value("NJS", "1" if self.joined else "0"), Status.OK
             case _:
                 return b"", Status.AT_ERROR
+
+
+class _ModuleAir(asyncio.DatagramProtocol):
+    """What the emulated module's antenna hears: datagrams gateways transmitted."""
+
+    def __init__(self, module: EmulatedRak3172LoRaWAN) -> None:
+        self.module = module
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        self.module.heard(data)

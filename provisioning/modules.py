@@ -11,7 +11,9 @@ run again after a failure: :meth:`~ModuleDriver.sync` (get the module listening:
 ``OK``; for the RN2483 a break and 0x55 first, its auto-baud), :meth:`~ModuleDriver.identify`
 (firmware and the factory DevEUI, read twice: a flaky cable must not register a wrong
 DevEUI), :meth:`~ModuleDriver.write`, :meth:`~ModuleDriver.verify` (read back; the RN2483
-cannot read its AppKey back, which the result says), :meth:`~ModuleDriver.save`.
+cannot read its AppKey back, which the result says), :meth:`~ModuleDriver.save`, and, for the
+optional join test, :meth:`~ModuleDriver.join` (RAK3172 only: ``AT+JOIN=1:0:8:1``, then the
+``+EVT:JOINED`` or ``+EVT:JOIN_FAILED_...`` event, confirmed by ``AT+NJS=?``).
 
 :func:`program` runs write, verify and save, and when the module restarts in the middle, the
 cable loses the port, or a read-back does not match, it syncs again and starts the sequence
@@ -42,6 +44,7 @@ from ..codecs.rui3 import (
     Rui3LineError,
     Status,
     StatusLine,
+    UnknownEvent,
     ValueLine,
     encode_read,
     encode_run,
@@ -72,6 +75,10 @@ RN2483_BAUD: Final = 57600
 BREAK_BAUD: Final = 2400
 #: RUI3 AT+BAND for EU868; the RN2483 is reset to its 868 band.
 RUI3_BAND_EU868: Final = 4
+#: The join test's AT+JOIN: join, no auto-join, 8 s between attempts (the RUI3 default), one
+#: attempt.
+JOIN_INTERVAL_S: Final = 8
+JOIN_ATTEMPTS: Final = 1
 RN2483_BAND: Final = "868"
 
 
@@ -149,6 +156,17 @@ class Programmed:
     verified: tuple[str, ...]
     app_key_verified: bool
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class JoinOutcome:
+    """What a join test saw on the module: ``joined``, or ``event`` the failure the module
+    reported (``JOIN_FAILED_RX_TIMEOUT``; None when it reported nothing in time), and the
+    seconds from the join command to the outcome."""
+
+    joined: bool
+    event: str | None
+    seconds: float
 
 
 @dataclass(slots=True)
@@ -343,6 +361,13 @@ class ModuleDriver(abc.ABC):
     def save(self) -> None:
         """Make the settings survive a restart."""
 
+    #: Whether :meth:`join` is played for this kind of module.
+    supports_join: ClassVar[bool] = False
+
+    def join(self, timeout_s: float) -> JoinOutcome:
+        """Join the network with the saved keys and wait up to ``timeout_s`` for the result."""
+        raise ModuleRefused(f"the join test is not supported for the {self.kind}")
+
     def _stable(self, read: Callable[[], bytes], what: str) -> bytes:
         # The same value twice in a row: one corrupted read must not pass for the truth.
         previous: bytes | None = None
@@ -505,6 +530,38 @@ class Rak3172Driver(ModuleDriver):
     def save(self) -> None:
         # RUI3 writes every setting to flash as it is set: nothing to do.
         return
+
+    supports_join = True
+
+    def join(self, timeout_s: float) -> JoinOutcome:
+        started = time.monotonic()
+        deadline = started + timeout_s
+        # RUI3 answers OK at once; the outcome is an event, seconds later.
+        self._set("JOIN", 1, 0, JOIN_INTERVAL_S, JOIN_ATTEMPTS)
+        while True:
+            line = self.link.read_line(deadline)
+            if line is None:
+                return JoinOutcome(False, None, time.monotonic() - started)
+            try:
+                parsed = parse_line(line)
+            except Rui3LineError:
+                self.link.counters.garbled += 1
+                continue
+            match parsed:
+                case Banner():
+                    self.link.counters.restarts += 1
+                    raise ModuleRestarted("the module restarted while joining", port=self.link.port)
+                case UnknownEvent(text="JOINED"):
+                    seconds = time.monotonic() - started
+                    # The status the module keeps must agree with the event it printed.
+                    if self._read("NJS") != "1":
+                        return JoinOutcome(False, "NJS=0 after JOINED", seconds)
+                    return JoinOutcome(True, None, seconds)
+                case UnknownEvent(text=text) if text.startswith("JOIN_FAILED"):
+                    return JoinOutcome(False, text, time.monotonic() - started)
+                case _:
+                    # Other events and stray lines are not the join's outcome.
+                    continue
 
 
 class Rn2483Driver(ModuleDriver):

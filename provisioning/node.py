@@ -12,7 +12,13 @@ For each module (:func:`provision_port`):
    it); offline, the next key reserved in the laptop's bundle
    (:mod:`owlgate.provisioning.offline`);
 5. **write** DevEUI, JoinEUI, AppKey, region and OTAA, **read them back**, **save**;
-6. append the outcome to the journal and return one :class:`NodeResult`.
+6. append the outcome to the journal and, with the **join test** (``join_test`` in
+   :class:`NodeSettings`), have the module join through a nearby gateway
+   (:meth:`~owlgate.provisioning.modules.ModuleDriver.join`) and confirm with the fleet that
+   it saw the join (``GET /api/v1/nodes/{dev_eui}``: ``joined_at`` set at or after the
+   test began); the result's ``join`` says ``joined`` with the seconds it took, or what failed
+   and what to do;
+7. return one :class:`NodeResult`.
 
 The journal (JSON lines, one per step, flushed and synced as written) holds DevEUIs, ports
 and steps, never a key; a re-run skips modules it marks provisioned and completes a half-done
@@ -38,6 +44,7 @@ from ..codecs.errors import OwlgateError
 from .modules import (
     DEFAULT_REPLY_TIMEOUT_S,
     RAK3172_BAUD,
+    ModuleDriver,
     ModuleError,
     ModuleInfo,
     NodeKeys,
@@ -61,7 +68,15 @@ REPORT_FIELDS: Final = (
     "join_eui",
     "profile_id",
     "site",
+    "join",
 )
+#: How long the join test waits for the module's join event by default: one attempt, its
+#: receive windows, and the fleet's round trip, with room to spare.
+DEFAULT_JOIN_TIMEOUT_S: Final = 20.0
+#: How long the fleet has to show the join after the module reported it.
+FLEET_JOIN_WAIT_S: Final = 5.0
+#: Clock difference tolerated between this laptop and the fleet when comparing joined_at.
+CLOCK_SLACK_S: Final = 5.0
 
 #: Results a module ends with.
 PROVISIONED: Final = "provisioned"
@@ -218,6 +233,34 @@ class FleetKeys:
         # Online, the fleet registered the device before the module was written.
         return
 
+    def joined_at(self, dev_eui: bytes) -> float | None:
+        """When the fleet last saw ``dev_eui`` join (seconds since the epoch), None if never."""
+        path = f"/api/v1/nodes/{dev_eui.hex()}"
+        try:
+            response = self.client.get(path)
+        except httpx.HTTPError as err:
+            raise FleetError(
+                f"the fleet cannot be reached to confirm the join: {err}",
+                "check the network, then run again with --join-test",
+            ) from err
+        if response.status_code != 200:
+            raise fleet_error(response)
+        try:
+            value = response.json().get("joined_at")
+            return None if value is None else datetime.fromisoformat(value).timestamp()
+        except (ValueError, TypeError, AttributeError) as err:
+            raise FleetError(
+                "the fleet's answer is not a device", "check --fleet points at an owlgate fleet"
+            ) from err
+
+
+class JoinConfirmer(Protocol):
+    """Who tells whether a device joined: the fleet (:class:`FleetKeys`)."""
+
+    def joined_at(self, dev_eui: bytes) -> float | None:
+        """When ``dev_eui`` last joined (seconds since the epoch), None if never."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class NodeResult:
@@ -235,10 +278,17 @@ class NodeResult:
     site: str = ""
     app_key: str = field(default="", repr=False)
     todo: str = ""
+    #: The join test: "" (not asked), ``joined in 2.1 s`` or ``join failed: <why>; <todo>``.
+    join: str = ""
 
     @property
     def ok(self) -> bool:
         return self.result in (PROVISIONED, SKIPPED)
+
+    @property
+    def join_ok(self) -> bool:
+        """True unless a join test was asked for and did not end joined."""
+        return not self.join or self.join.startswith("joined")
 
     def line(self, *, show_key: bool = False) -> str:
         """The one line printed for this module."""
@@ -248,6 +298,8 @@ class NodeResult:
             text += f" (AppKey {self.app_key})"
         if self.todo and not self.ok:
             text += f"; {self.todo}"
+        if self.join:
+            text += f"; {self.join}"
         return text
 
     def to_json(self, *, show_key: bool = False) -> dict[str, str]:
@@ -299,6 +351,8 @@ class NodeSettings:
     expect: frozenset[str] | None = None
     reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S
     busy_backoff_s: float = 0.1
+    join_test: bool = False
+    join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S
 
 
 def _now() -> str:
@@ -332,14 +386,67 @@ def read_expected(path: Path) -> frozenset[str]:
     return frozenset(found)
 
 
+def join_test(
+    driver: ModuleDriver,
+    dev_eui: bytes,
+    fleet: JoinConfirmer | None,
+    timeout_s: float,
+) -> str:
+    """Have the module join and the fleet confirm it (see the module text): the ``join``
+    value of the result, never raising for a module or fleet that fails."""
+    if not driver.supports_join:
+        return (
+            f"join failed: the join test is not supported for the {driver.kind} (RAK3172 only);"
+            " provision it without --join-test and check its join in the field"
+        )
+    if fleet is None:
+        return (
+            "join failed: the join test needs the fleet to confirm it;"
+            " run it online (without --offline)"
+        )
+    began = time.time()
+    try:
+        outcome = driver.join(timeout_s)
+    except ModuleError as err:
+        return f"join failed: {err.message}; {err.what_to_do}"
+    if not outcome.joined:
+        if outcome.event == "JOIN_FAILED_RX_TIMEOUT":
+            why = "no join accept came back (no gateway heard the module, or none answered)"
+        elif outcome.event is None:
+            why = f"the module reported no join result within {timeout_s:g} s"
+        else:
+            why = f"the module reported {outcome.event}"
+        return (
+            f"join failed: {why}; check a gateway is online nearby and the module's antenna is"
+            " fitted, then run again with --join-test"
+        )
+    deadline = time.monotonic() + FLEET_JOIN_WAIT_S
+    while True:
+        try:
+            joined_at = fleet.joined_at(dev_eui)
+        except NodeProvisionError as err:
+            return f"join failed: {err.what}; {err.todo}"
+        if joined_at is not None and joined_at >= began - CLOCK_SLACK_S:
+            return f"joined in {outcome.seconds:.1f} s"
+        if time.monotonic() >= deadline:
+            return (
+                "join failed: the module says it joined but the fleet shows no join for it;"
+                " tell the fleet's operator"
+            )
+        time.sleep(0.2)
+
+
 def provision_port(
     port: str,
     settings: NodeSettings,
     keys: KeySource,
     journal: Journal,
+    *,
+    fleet: JoinConfirmer | None = None,
 ) -> NodeResult:
     """Provision the module on ``port`` (see the module text); never raises for a module
-    that fails: the result says what happened and what to do."""
+    that fails: the result says what happened and what to do. ``fleet`` confirms a join
+    test (``settings.join_test``)."""
     started = time.monotonic()
     info: ModuleInfo | None = None
     dev_eui = ""
@@ -382,10 +489,17 @@ def provision_port(
         previous = journal.last_step(dev_eui)
         if previous == PROVISIONED:
             state = journal.state[dev_eui]
+            # A module provisioned earlier can still have its join tested.
+            joined = (
+                join_test(driver, info.dev_eui, fleet, settings.join_timeout_s)
+                if settings.join_test
+                else ""
+            )
             return result(
                 SKIPPED,
                 f"already provisioned (journal, {state.get('at', '')})",
                 join_eui=state.get("join_eui", ""),
+                join=joined,
             )
         journal.step(dev_eui, "detected", port=port, module=info.kind, firmware=info.firmware)
         try:
@@ -417,8 +531,17 @@ def provision_port(
         if done.attempts > 1:
             detail += f"; took {done.attempts} attempts"
         journal.step(dev_eui, PROVISIONED, join_eui=join_hex)
+        joined = (
+            join_test(driver, info.dev_eui, fleet, settings.join_timeout_s)
+            if settings.join_test
+            else ""
+        )
         return result(
-            PROVISIONED, detail, join_eui=join_hex, app_key=registration.app_key.hex().upper()
+            PROVISIONED,
+            detail,
+            join_eui=join_hex,
+            app_key=registration.app_key.hex().upper(),
+            join=joined,
         )
     finally:
         link.close()
@@ -459,12 +582,13 @@ def provision_all(
     journal: Journal,
     *,
     on_result: Callable[[NodeResult], None] | None = None,
+    fleet: JoinConfirmer | None = None,
 ) -> list[NodeResult]:
     """:func:`provision_port` for each port in turn (an iterable: ports may come from
     prompts)."""
     results = []
     for port in ports:
-        item = provision_port(port, settings, keys, journal)
+        item = provision_port(port, settings, keys, journal, fleet=fleet)
         results.append(item)
         if on_result is not None:
             on_result(item)

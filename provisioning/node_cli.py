@@ -2,8 +2,8 @@
 
 :func:`add_node_commands` adds them to the ``owlgate provision`` app
 (:mod:`owlgate.provisioning.cli`). The guide is ``docs/provisioning-nodes.md``. Exit code 0
-when every module is provisioned (or was already), 1 when one failed or was refused (or a
-sync reported a conflict), 2 on bad input.
+when every module is provisioned (or was already) and, with ``--join-test``, joined; 1 when
+one failed, was refused or did not join (or a sync reported a conflict), 2 on bad input.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from .labels import DEFAULT_TR005_PROFILE, write_labels
 from .node import (
+    DEFAULT_JOIN_TIMEOUT_S,
     DEFAULT_JOURNAL,
     HTTP_TIMEOUT_S,
     FleetKeys,
@@ -143,8 +144,22 @@ def node(
     as_json: Annotated[
         bool, typer.Option("--json", help="print one JSON object per module")
     ] = False,
+    join_test: Annotated[
+        bool,
+        typer.Option(
+            "--join-test",
+            help="after saving, join through a nearby gateway and confirm with the fleet",
+        ),
+    ] = False,
+    join_timeout: Annotated[
+        float,
+        typer.Option(
+            "--join-timeout", min=1.0, help="seconds the join test waits for the module's join"
+        ),
+    ] = DEFAULT_JOIN_TIMEOUT_S,
 ) -> None:
-    """Detect each module, register it, write its keys, read them back and save."""
+    """Detect each module, register it, write its keys, read them back and save; optionally
+    test a join through a nearby gateway."""
     ports = list(port or [])
     if not ports:
         _bad(NodeProvisionError("no --port given", "give --port PATH (repeat it for several)"))
@@ -152,7 +167,14 @@ def node(
         _bad(NodeProvisionError("--next takes exactly one --port", "give one port with --next"))
     keys: KeySource
     client: httpx.Client | None = None
+    fleet_keys: FleetKeys | None = None
     try:
+        if join_test and offline:
+            raise NodeProvisionError(
+                "the join test needs the fleet online to confirm the join, and --offline has"
+                " no fleet",
+                "leave out --join-test offline; test the join after `owlgate provision sync`",
+            )
         expected = read_expected(expect) if expect is not None else None
         if offline:
             if bundle is None:
@@ -176,13 +198,20 @@ def node(
                 )
             profile_id = profile
             client = _client(fleet, token_file)
-            keys = FleetKeys(
+            fleet_keys = FleetKeys(
                 client, profile_id=profile, join_eui=_hex_option(join_eui, "--join-eui"), site=site
             )
+            keys = fleet_keys
     except NodeProvisionError as err:
         _bad(err)
     settings = NodeSettings(
-        profile_id=profile_id, site=site, baud=baud, expect=expected, reply_timeout_s=reply_timeout
+        profile_id=profile_id,
+        site=site,
+        baud=baud,
+        expect=expected,
+        reply_timeout_s=reply_timeout,
+        join_test=join_test,
+        join_timeout_s=join_timeout,
     )
     console = Console(highlight=False, stderr=as_json)
     record = Journal(journal)
@@ -191,7 +220,7 @@ def node(
         if as_json:
             typer.echo(json.dumps(item.to_json(show_key=show_key)))
         else:
-            colour = "green" if item.ok else "red"
+            colour = "green" if item.ok and item.join_ok else "red"
             console.print(
                 f"[{colour}]{escape(item.line(show_key=show_key))}[/{colour}]", soft_wrap=True
             )
@@ -199,7 +228,12 @@ def node(
     try:
         if next_module:
             results = provision_all(
-                _prompted_ports(ports[0], console), settings, keys, record, on_result=show
+                _prompted_ports(ports[0], console),
+                settings,
+                keys,
+                record,
+                on_result=show,
+                fleet=fleet_keys,
             )
         elif len(ports) > 1 and not as_json:
             with Progress(
@@ -211,9 +245,11 @@ def node(
                     show(item)
                     progress.advance(task)
 
-                results = provision_all(ports, settings, keys, record, on_result=advance)
+                results = provision_all(
+                    ports, settings, keys, record, on_result=advance, fleet=fleet_keys
+                )
         else:
-            results = provision_all(ports, settings, keys, record, on_result=show)
+            results = provision_all(ports, settings, keys, record, on_result=show, fleet=fleet_keys)
     finally:
         if client is not None:
             client.close()
@@ -223,9 +259,12 @@ def node(
         rows = [{**item.to_json(), "result": item.result} for item in results]
         write_labels(rows, labels, site=site)
     done = sum(item.ok for item in results)
+    joined = sum(item.ok and item.join_ok for item in results)
     if not as_json:
         console.print(f"{done} of {len(results)} modules provisioned")
-    if done != len(results):
+        if join_test:
+            console.print(f"{joined} of {len(results)} modules joined")
+    if done != len(results) or joined != len(results):
         raise typer.Exit(EXIT_FAILED)
 
 

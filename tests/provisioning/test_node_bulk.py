@@ -52,7 +52,7 @@ def test_a_list_of_ports_ends_in_a_report_of_every_module(
     assert rows[1]["firmware"].startswith("RN2483 1.0.5")
     assert "cannot open" in rows[2]["detail"]
     assert list(rows[0]) == ["dev_eui", "port", "module", "firmware", "result", "detail",
-                             "time", "join_eui", "profile_id", "site"]  # fmt: skip
+                             "time", "join_eui", "profile_id", "site", "join"]  # fmt: skip
     # Labels for the two provisioned modules only.
     assert sorted(path.name for path in labels.glob("*.png")) == sorted(
         f"{row['dev_eui'].upper()}.png" for row in rows[:2]
