@@ -20,6 +20,7 @@ from . import (
     e2e_bench,
     edge_bench,
     fleet_bench,
+    hil_bench,
     offline_bench,
     ota_bench,
     provision_bench,
@@ -37,6 +38,7 @@ SUITES = {
     "serial": serial_bench.run,
     "ota": ota_bench.run,
     "provision": provision_bench.run,
+    "hil": hil_bench.run,
 }
 
 bench_command = typer.Typer(
