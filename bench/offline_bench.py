@@ -177,7 +177,8 @@ async def _one_round(
             will = asyncio.create_task(
                 _watch_will(host, int(port), f"owlgate/v1/gw/{gateway['id']}/state", watching)
             )
-            await asyncio.wait_for(watching.wait(), _READY_TIMEOUT_S)
+            async with asyncio.timeout(_READY_TIMEOUT_S):
+                await watching.wait()
             # The power cut.
             os.kill(edge.proc.pid, signal.SIGSTOP)
             cut_at = time.monotonic()

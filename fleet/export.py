@@ -424,7 +424,8 @@ class RetentionService:
             self.ran.set()
             # Woken early by stop(); otherwise the interval passing is the normal way on.
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
             self._wake.clear()
 
     def stop(self) -> None:

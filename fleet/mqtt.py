@@ -351,6 +351,7 @@ async def wait_subscribed(subscribed: asyncio.Event, what: str) -> None:
     STARTUP_WAIT_S: a fleet that says it is running must not miss the first batches. A broker
     that is down at startup is not fatal: the service keeps retrying in the background."""
     try:
-        await asyncio.wait_for(subscribed.wait(), STARTUP_WAIT_S)
+        async with asyncio.timeout(STARTUP_WAIT_S):
+            await subscribed.wait()
     except TimeoutError:
         log.warning("%s not subscribed after %.0f s; retrying in background", what, STARTUP_WAIT_S)

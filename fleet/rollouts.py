@@ -1683,8 +1683,12 @@ class ConfigService(MqttService):
             if due:
                 await self._publish(client, due)
             self._wake.clear()
+            # asyncio.timeout, not wait_for: in Python 3.11 wait_for returns normally when
+            # the task is cancelled just as the event is set, so the cancellation is lost and
+            # this loop (and whoever awaits it on shutdown) runs forever.
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.tick_s)
+                async with asyncio.timeout(self.tick_s):
+                    await self._wake.wait()
 
     async def _publish(self, client: aiomqtt.Client, items: list[Publication]) -> None:
         # A few PUBLISHes in flight at once, not a wave's worth: below the point where

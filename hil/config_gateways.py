@@ -262,7 +262,8 @@ class ConfigGateways:
         """Return once ``predicate()`` holds (checked after every document handled); raise
         TimeoutError after ``timeout_s``."""
         async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(predicate), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._changed.wait_for(predicate)
 
 
 def gateways_from_manifest(

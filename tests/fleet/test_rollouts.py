@@ -5,9 +5,11 @@ reports, drift, roles and typed errors. On SQLite and PostgreSQL (the ``store`` 
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+from typing import Any, cast
 
+import aiomqtt
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,6 +22,7 @@ from owlgate.codecs.signed import sign
 from owlgate.fleet.api import create_app
 from owlgate.fleet.configs import put_layer
 from owlgate.fleet.rollouts import (
+    ConfigService,
     Publication,
     RolloutCreate,
     RolloutEngine,
@@ -457,3 +460,33 @@ def test_seqs_and_queued_documents_survive_a_restart(store_factory: StoreFactory
     start_rollout(again, RolloutCreate(target="all"), actor="test")
     (following,) = engine.tick()
     assert following.seq == sent.seq + 1
+
+
+def test_the_tick_loop_stops_when_cancelled_just_as_it_is_woken(rig: Rig) -> None:
+    """A wake and a cancellation in the same loop turn (a status report arriving as the
+    service shuts down) must still stop the tick loop; with ``asyncio.wait_for`` in Python
+    3.11 the cancellation was lost and the shutdown waited for ever."""
+    service = ConfigService(rig.engine, "127.0.0.1", 1, tick_s=0.05)
+    real_tick = rig.engine.tick
+
+    async def scenario() -> bool:
+        running = asyncio.get_running_loop()
+        ticked = asyncio.Event()
+
+        def noted_tick() -> list[Publication]:
+            running.call_soon_threadsafe(ticked.set)
+            return real_tick()
+
+        rig.engine.tick = noted_tick  # type: ignore[method-assign]
+        loop = asyncio.create_task(service._ticks(cast(aiomqtt.Client, None)))
+        await ticked.wait()
+        await asyncio.sleep(0.01)  # back in the wait for the next tick
+        service.wake()
+        loop.cancel()
+        done, _ = await asyncio.wait({loop}, timeout=2.0)
+        if not done:
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+        return loop in done and loop.cancelled()
+
+    assert asyncio.run(scenario())
