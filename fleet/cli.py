@@ -615,13 +615,27 @@ def _existing_signing_key(path: Path) -> Ed25519PrivateKey:
 
 
 def seed_fleet(
-    store: Store, *, gateways: int, nodes: int, keys_dir: Path, seed: int | None, now: float
+    store: Store,
+    *,
+    gateways: int,
+    nodes: int,
+    keys_dir: Path,
+    seed: int | None,
+    now: float,
+    profiles: Sequence[str] | None = None,
+    otaa_every: int = 2,
 ) -> SeedResult:
     """Register ``gateways`` gateways (private keys written to ``keys_dir``) and ``nodes``
-    devices over the built-in profiles, alternately ABP and OTAA, and make the fleet's
-    signing key (``keys_dir/fleet-signing-ed25519.pem``; its public key beside each
-    gateway's keys, for the gateway to pin). With ``seed``, ids and keys are reproducible
-    (for demos only: seeded keys are not secret)."""
+    devices over the built-in profiles, and make the fleet's signing key
+    (``keys_dir/fleet-signing-ed25519.pem``; its public key beside each gateway's keys, for
+    the gateway to pin). With ``seed``, ids and keys are reproducible (for demos only: seeded
+    keys are not secret).
+
+    ``profiles``: the profile of each device in order (then ``nodes`` is ignored); otherwise
+    the built-in profiles take turns. Every ``otaa_every``-th device is OTAA (the second,
+    fourth, ... with 2), the others ABP; 0: all ABP."""
+    if otaa_every < 0:
+        raise FleetError(f"otaa_every must be 0 or more, got {otaa_every}")
     rng = random.Random(seed)
 
     def draw(n: int) -> bytes:
@@ -664,14 +678,20 @@ def seed_fleet(
             }
         )
     profile_ids = sorted(PROFILES)
+    if profiles is None:
+        profiles = [profile_ids[index % len(profile_ids)] for index in range(nodes)]
+    unknown = sorted(set(profiles) - set(PROFILES))
+    if unknown:
+        raise FleetError(
+            f"unknown device profile {', '.join(unknown)}; known: {', '.join(profile_ids)}"
+        )
     join_eui = draw(8).hex()
     prefix, bits = dev_addr_prefix(0)
     used: set[int] = set()
-    for index in range(nodes):
+    for index, profile_id in enumerate(profiles):
         dev_eui = draw(8).hex()
-        profile_id = profile_ids[index % len(profile_ids)]
         entry: dict[str, Any] = {"dev_eui": dev_eui, "profile_id": profile_id}
-        if index % 2 == 0:
+        if otaa_every == 0 or (index + 1) % otaa_every != 0:
             dev_addr = prefix | (1 + rng.randrange((1 << bits) - 1))
             while dev_addr in used or store.dev_addr_in_use(dev_addr):
                 dev_addr = prefix | (1 + rng.randrange((1 << bits) - 1))
@@ -709,6 +729,22 @@ def seed_fleet(
     return seeded
 
 
+def _profile_counts(text: str) -> list[str]:
+    """``parking-v1=40,waste-bin-v1=10`` -> forty ``parking-v1`` then ten ``waste-bin-v1``."""
+    out: list[str] = []
+    for part in text.split(","):
+        name, equals, count = part.strip().partition("=")
+        if not equals or not count.strip().isdigit():
+            _fail(f"--profiles: {part.strip()!r} is not PROFILE=COUNT (e.g. parking-v1=40)")
+        if name.strip() not in PROFILES:
+            _fail(
+                f"--profiles: unknown device profile {name.strip()!r}; known: "
+                f"{', '.join(sorted(PROFILES))}"
+            )
+        out.extend([name.strip()] * int(count))
+    return out
+
+
 @fleet_command.command("seed")
 def seed(
     db: Annotated[
@@ -735,12 +771,26 @@ def seed(
     seed_value: Annotated[
         int | None, typer.Option("--seed", help="reproducible ids and keys (demo only)")
     ] = None,
+    profiles: Annotated[
+        str | None,
+        typer.Option(
+            "--profiles",
+            metavar="PROFILE=COUNT,...",
+            help="devices per profile, in this order (instead of --nodes over every profile)",
+        ),
+    ] = None,
+    otaa_every: Annotated[
+        int, typer.Option("--otaa-every", help="every N-th device is OTAA, the rest ABP; 0: none")
+    ] = 2,
     kek_file: KekFileOption = None,
     kek_env: KekEnvOption = None,
 ) -> None:
     """Fill a fleet database for a demo: gateways with fresh keys, devices over every profile."""
     if gateways < 0 or nodes < 0:
         _fail("--gateways and --nodes must not be negative")
+    if otaa_every < 0:
+        _fail(f"--otaa-every must be 0 or more, got {otaa_every}")
+    node_profiles = None if profiles is None else _profile_counts(profiles)
     keys_dir = keys_dir or db_folder(db) / DEFAULT_KEYS_DIR
     manifest = manifest or db_folder(db) / MANIFEST_FILE
     if not manifest.parent.is_dir():
@@ -766,6 +816,8 @@ def seed(
             keys_dir=keys_dir,
             seed=seed_value,
             now=time.time(),
+            profiles=node_profiles,
+            otaa_every=otaa_every,
         )
         # An admin API token for the demo (every route needs one) beside the emulator
         # secrets, kept when seeding again.

@@ -115,6 +115,33 @@ def test_seed_is_reproducible_and_refuses_bad_input(tmp_path: Path) -> None:
     assert "already registered" in err
 
 
+def test_seed_takes_devices_per_profile_and_the_share_of_otaa(tmp_path: Path) -> None:
+    code, out, err = seed(
+        tmp_path, "--profiles", "parking-v1=3,waste-bin-v1=2", "--otaa-every", "0", "--seed", "4"
+    )
+    assert code == 0, err
+    assert "5 devices (5 ABP, 0 OTAA)" in out
+    devices = json.loads((tmp_path / "emulator-secrets.json").read_text())["devices"]
+    assert [d["profile_id"] for d in devices] == ["parking-v1"] * 3 + ["waste-bin-v1"] * 2
+    assert {d["activation"] for d in devices} == {"abp"}
+    (tmp_path / "b").mkdir()
+    assert seed(tmp_path / "b", "--profiles", "environment-v1=6", "--otaa-every", "3")[0] == 0
+    devices = json.loads((tmp_path / "b" / "emulator-secrets.json").read_text())["devices"]
+    assert [d["activation"] for d in devices] == ["abp", "abp", "otaa"] * 2
+    for bad, why in (
+        ("parking-v1", "is not PROFILE=COUNT"),
+        ("parking-v1=x", "is not PROFILE=COUNT"),
+        ("lamp-v1=3", "unknown device profile 'lamp-v1'"),
+    ):
+        code, _, err = seed(tmp_path / "b", "--profiles", bad)
+        assert code == 2
+        assert why in err
+        assert len(err.strip().splitlines()) == 1
+    code, _, err = seed(tmp_path / "b", "--otaa-every", "-1")
+    assert code == 2
+    assert "--otaa-every must be 0 or more" in err
+
+
 def test_build_server_runs_services_beside_the_api(tmp_path: Path) -> None:
     events: list[str] = []
 
