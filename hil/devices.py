@@ -132,6 +132,7 @@ class EmulatedDevice:
         self._next_at: float | None = None
         self.last_phy: bytes | None = None
         self._state = _initial_state(profile_id, self.rng)
+        self._held: set[str] = set()
         self.f_cnt_down: int | None = None
         """The last downlink counter the device took (None: none since the session began)."""
         self.settings: dict[str, object] = {}
@@ -242,6 +243,23 @@ class EmulatedDevice:
 
     # --- uplinks ------------------------------------------------------------------------------
 
+    def set_state(self, **values: float) -> None:
+        """Set what the sensor measures from outside (``occupied``, ``fill_pct``,
+        ``temperature_c``, ``humidity_pct``, ``co2_ppm``, ``battery_mv``): a simulation that
+        drives the readings by a traffic pattern. A value set is held as given, the device's
+        own drift leaves it alone, until it is set again; the next uplinks carry it."""
+        settable = set(self._state) - {"tilt"}
+        unknown = sorted(set(values) - settable)
+        if unknown:
+            known = ", ".join(sorted(settable))
+            raise DeviceError(f"unknown sensor state {unknown[0]!r} (known: {known})")
+        for name, value in values.items():
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number and not (name == "occupied" and isinstance(value, bool)):
+                raise DeviceError(f"sensor state {name} must be a number, got {value!r}")
+            self._state[name] = float(value)
+        self._held.update(values)
+
     def due(self, now: float) -> bool:
         """True when a report is due (the first at once)."""
         return self._next_at is None or now >= self._next_at
@@ -261,7 +279,7 @@ class EmulatedDevice:
         if values is not None:
             values = self._device_message(values, now)
         else:
-            values = _step(self.profile_id, self._state, self.rng)
+            values = _step(self.profile_id, self._state, self.rng, self._held)
         f_port, payload = encode_uplink(self.profile_id, values, quantise=True)
         frame = DataFrame.build(
             self.keys,
@@ -413,12 +431,24 @@ def _clamp(value: float, low: float, high: float) -> float:
     return max(low, min(high, value))
 
 
-def _step(profile_id: str, state: dict[str, float], rng: random.Random) -> dict[str, object]:
-    state["battery_mv"] = _clamp(state["battery_mv"] - rng.uniform(0, 0.5), 2500, 3700)
-    state["temperature_c"] = _clamp(state["temperature_c"] + rng.gauss(0, 0.3), -20, 45)
+def _drift(
+    state: dict[str, float], held: set[str], name: str, delta: float, low: float, high: float
+) -> None:
+    # The draw is made whether or not the value is held, so that holding one value does not
+    # change the others' sequence.
+    if name not in held:
+        state[name] = _clamp(state[name] + delta, low, high)
+
+
+def _step(
+    profile_id: str, state: dict[str, float], rng: random.Random, held: set[str]
+) -> dict[str, object]:
+    # ``held``: values set from outside (EmulatedDevice.set_state), which do not drift.
+    _drift(state, held, "battery_mv", -rng.uniform(0, 0.5), 2500, 3700)
+    _drift(state, held, "temperature_c", rng.gauss(0, 0.3), -20, 45)
     battery = round(state["battery_mv"])
     if profile_id == "parking-v1":
-        if rng.random() < 0.2:
+        if rng.random() < 0.2 and "occupied" not in held:
             state["occupied"] = 1.0 - state["occupied"]
         return {
             "occupied": state["occupied"] == 1.0,
@@ -427,8 +457,9 @@ def _step(profile_id: str, state: dict[str, float], rng: random.Random) -> dict[
         }
     if profile_id == "waste-bin-v1":
         # The bin fills between collections and is emptied when nearly full.
-        fill = state["fill_pct"] + rng.uniform(0, 3)
-        state["fill_pct"] = rng.uniform(0, 5) if fill > 95 else fill
+        if "fill_pct" not in held:
+            fill = state["fill_pct"] + rng.uniform(0, 3)
+            state["fill_pct"] = rng.uniform(0, 5) if fill > 95 else fill
         state["tilt"] = float(rng.random() < 0.02)
         fill_pct = round(state["fill_pct"])
         depth_mm = 1200
@@ -439,8 +470,8 @@ def _step(profile_id: str, state: dict[str, float], rng: random.Random) -> dict[
             "temperature_c": state["temperature_c"],
             "battery_mv": battery,
         }
-    state["humidity_pct"] = _clamp(state["humidity_pct"] + rng.gauss(0, 1.0), 5, 99)
-    state["co2_ppm"] = _clamp(state["co2_ppm"] + rng.gauss(0, 25), 400, 5000)
+    _drift(state, held, "humidity_pct", rng.gauss(0, 1.0), 5, 99)
+    _drift(state, held, "co2_ppm", rng.gauss(0, 25), 400, 5000)
     return {
         "temperature_c": state["temperature_c"],
         "humidity_pct": state["humidity_pct"],

@@ -25,6 +25,7 @@ EXPECTED = {
     # file: (gateways, sensors by profile)
     "parking-street.toml": (2, {"parking-v1": 200}),
     "bins-and-outage.toml": (4, {"waste-bin-v1": 300, "environment-v1": 100}),
+    "district-1000.toml": (6, {"parking-v1": 400, "waste-bin-v1": 350, "environment-v1": 250}),
     "bielefeld.toml": (
         100,
         {"parking-v1": 4000, "waste-bin-v1": 4000, "environment-v1": 2000},
@@ -61,7 +62,7 @@ def write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:
     return path
 
 
-def test_three_scenarios_ship_with_the_package() -> None:
+def test_four_scenarios_ship_with_the_package() -> None:
     assert sorted(p.name for p in shipped_scenarios()) == sorted(EXPECTED)
 
 
