@@ -10,7 +10,14 @@ LoRaWAN end device sends), :attr:`~EmulatedConcentrator.tx_requests` records wha
 asked to transmit (the join accept, say), and fault hooks unplug the port, reboot the MCU,
 corrupt frames or send line noise.
 
-It runs in the caller's asyncio loop; the port itself is a :class:`owlgate.hil.pty.PtyPort`.
+It runs in the caller's asyncio loop. The port is a
+:class:`owlgate.hil.serial_device.SerialDevice` (:attr:`EmulatedConcentrator.serial`): the pty
+path, a ``socket://`` port with ``tcp=True`` (:attr:`~EmulatedConcentrator.url`), or both;
+optional pacing at the host's baud rate, ``expected_baud``, and a
+:class:`~owlgate.hil.faults.FaultPlan` (:attr:`~EmulatedConcentrator.plan`) on both
+directions. The fault hooks above land in the same plan's log as the plan's own faults. The
+requests are answered by handlers declared per message class in one
+:class:`~owlgate.hil.serial_device.CommandTable`.
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ from ..codecs.concentrator import (
 )
 from ..codecs.errors import CodecError
 from ..codecs.node.framing import DELIMITER, FrameDecoder, cobs_encode, crc16
-from .pty import AsyncLifecycle, PtyPort
+from .faults import FaultKind, FaultPlan
+from .pty import AsyncLifecycle
+from .serial_device import BytesHandler, CommandTable, SerialDevice
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,12 @@ _KNOWN_TYPE_IDS: Final = frozenset(int(type_id) for type_id in _TYPE_IDS.values(
 
 _Request = TypeVar("_Request", Hello, RadioConfig, TxRequest, GetStats)
 
+#: The handlers of protocol v1's message table, one per message class the host may send
+#: (and one for those only a concentrator sends).
+_ANSWERS: CommandTable[type[Message], EmulatedConcentrator, Message | None] = CommandTable(
+    "concentrator protocol v1"
+)
+
 
 class EmulatedConcentrator(AsyncLifecycle):
     """A concentrator MCU speaking protocol v1 on a pty whose path is :attr:`path`.
@@ -87,6 +102,12 @@ class EmulatedConcentrator(AsyncLifecycle):
     ``silent``: request classes (``Hello``, ``TxRequest``, ...) that are recorded but not
     answered, to test the host's timeouts. Both may be changed at any time.
     ``seed`` fixes the counter's start value and the line noise.
+
+    The line: ``pty`` (the path, default) and/or ``tcp`` (``tcp_port``, 0 for a free one),
+    paced at the host's pty rate or ``baudrate`` with ``paced`` (off by default, as before the
+    framework: a program that opens the pty without setting its speed leaves it at 38400, see
+    ``docs/hil-devices.md``); ``expected_baud`` refuses a host at another rate; ``plan`` the
+    faults on both directions.
     """
 
     def __init__(
@@ -98,6 +119,13 @@ class EmulatedConcentrator(AsyncLifecycle):
         firmware: str = EMULATOR_FIRMWARE,
         capabilities: Capabilities = DEFAULT_CAPABILITIES,
         seed: int | None = None,
+        pty: bool = True,
+        tcp: bool = False,
+        tcp_port: int = 0,
+        baudrate: int = 115200,
+        expected_baud: int | None = None,
+        plan: FaultPlan | None = None,
+        paced: bool = False,
     ) -> None:
         self.path = Path(link_dir) / link_name
         self.eui = eui
@@ -113,12 +141,21 @@ class EmulatedConcentrator(AsyncLifecycle):
         self._decoder = FrameDecoder()
         self._boot_ns = 0
         self._counter_offset_us = 0
-        self._port = PtyPort(
-            self.path,
+        #: The transport: pty and/or TCP, pacing, faults.
+        self.serial = SerialDevice(
+            lambda send: BytesHandler(self._on_bytes),
+            pty_path=self.path if pty else None,
+            tcp=tcp,
+            tcp_port=tcp_port,
+            baudrate=baudrate,
+            expected_baud=expected_baud,
+            plan=plan,
+            paced=paced,
             label=f"emulated concentrator {self.path}",
-            on_bytes=self._on_bytes,
             on_dropped=self._count_dropped,
         )
+        #: The faults on the line, and the log of every fault applied or injected.
+        self.plan = self.serial.plan
         self._corrupt_next = False
         self._changed = asyncio.Event()
         self._stats_task: asyncio.Task[None] | None = None
@@ -130,13 +167,15 @@ class EmulatedConcentrator(AsyncLifecycle):
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> Self:
-        """Create the pty and the symlink, and start answering."""
-        self._open()
+        """Create the pty and the symlink and/or the TCP port, and start answering."""
+        self._decoder.reset()
+        await self.serial.start()
+        self._opened()
         return self
 
     async def close(self) -> None:
-        """Close the pty and remove the symlink (idempotent)."""
-        self._port.close()
+        """Close the pty and remove the symlink, close the TCP port (idempotent)."""
+        await self.serial.close()
         task, self._stats_task = self._stats_task, None
         if task is not None:
             task.cancel()
@@ -145,37 +184,45 @@ class EmulatedConcentrator(AsyncLifecycle):
     @property
     def tty_path(self) -> str | None:
         """The pty's own path (``/dev/pts/N``) now, None while unplugged."""
-        return self._port.tty_path
+        return self.serial.tty_path
+
+    @property
+    def url(self) -> str:
+        """The ``socket://127.0.0.1:PORT`` URL of the TCP side (``tcp=True`` only)."""
+        return self.serial.url
 
     @property
     def plugged(self) -> bool:
-        """Whether the pty is there (between :meth:`start` / :meth:`replug` and
+        """Whether the port is there (between :meth:`start` / :meth:`replug` and
         :meth:`unplug` / :meth:`close`)."""
-        return self._port.is_open
+        return self.serial.plugged
 
-    def _open(self) -> None:
-        self._decoder.reset()
-        self._port.open()
-        log.info("emulated concentrator on %s (%s)", self.path, self._port.tty_path)
+    def _opened(self) -> None:
+        log.info("emulated concentrator on %s (%s)", self.path, self.serial.tty_path)
 
     # --- fault hooks --------------------------------------------------------------------------
 
     def unplug(self) -> None:
-        """The USB cable is pulled: the pty closes (a client's reads fail) and the path is gone."""
+        """The USB cable is pulled: the pty closes (a client's reads fail) and the path is
+        gone; the TCP port refuses connections."""
         log.info("emulated concentrator %s unplugged", self.path)
-        self._port.close()
+        self.serial.unplug_now()
 
     def replug(self) -> None:
-        """Plugged back in: a new pty behind the same path, and the MCU has rebooted (no
-        configuration)."""
-        self._port.close()
+        """Plugged back in: a new pty behind the same path (the TCP port listens again), and
+        the MCU has rebooted (no configuration)."""
+        self.serial.unplug_now()
         self._boot()
-        self._open()
+        self._decoder.reset()
+        self.serial.replug_now()
+        self._opened()
 
     def reboot(self, *, announce: bool = True) -> None:
         """The MCU reboots (watchdog) with the port still open: it forgets its configuration
         and says ``HELLO`` with token 0 (protocol v1, "Concentrator reboot"), unless
         ``announce`` is false (that HELLO was lost on the line)."""
+        detail = "MCU reboot" + ("" if announce else ", its HELLO lost")
+        self.plan.log.record("to_host", "reset", self.plan.position("to_host"), b"", detail)
         self._boot()
         if announce:
             self._send(self._hello(0))
@@ -184,12 +231,12 @@ class EmulatedConcentrator(AsyncLifecycle):
         """Line noise: ``size`` random non-zero bytes between two delimiters, one bad frame
         for the host's decoder (a bad CRC or bad COBS)."""
         noise = bytes(self._rng.randrange(1, 256) for _ in range(size))
-        self._port.write(DELIMITER + noise + DELIMITER)
+        self._write_fault(DELIMITER + noise + DELIMITER, "insert", "line noise")
 
     def send_raw(self, data: bytes) -> None:
         """Write ``data`` to the line as it is (a frame in pieces, say, to test the host's
         reassembly)."""
-        self._port.write(data)
+        self._write_fault(data, "insert", "raw bytes")
 
     def corrupt_next(self) -> None:
         """Send the next frame with a wrong CRC (well-formed COBS), as a flipped bit would."""
@@ -304,6 +351,12 @@ class EmulatedConcentrator(AsyncLifecycle):
         for payload in self._decoder.feed(data):
             self._handle(payload)
 
+    def _answer(self, message: Message) -> Message | None:
+        handler = _ANSWERS.get(type(message))
+        if handler is None:
+            return self._not_a_request(message)
+        return handler(self, message)
+
     def _handle(self, payload: bytes) -> None:
         try:
             message = decode_message(payload)
@@ -331,37 +384,41 @@ class EmulatedConcentrator(AsyncLifecycle):
         if answer is not None:
             self._send(answer)
 
-    def _answer(self, message: Message) -> Message | None:
-        # One case per request type: the handlers of protocol v1's host-to-concentrator table.
-        match message:
-            case Hello(protocol_version=version, token=token):
-                if version != PROTOCOL_VERSION:
-                    return Error(
-                        code=ErrorCode.UNSUPPORTED_VERSION,
-                        message=f"protocol version {version}; this side speaks {PROTOCOL_VERSION}",
-                        ref_type=1,
-                        token=token,
-                    )
-                return self._hello(token)
-            case RadioConfig():
-                return self._configure(message)
-            case TxRequest():
-                return self._transmit(message)
-            case GetStats(token=token):
-                return self._stats_message(token)
-            case Error():
-                # Never answered (protocol v1, ERROR): two confused peers must not ping-pong.
-                log.info("host reports an error: %s %s", message.code.name, message.message)
-                return None
-            case _:
-                return Error(
-                    code=ErrorCode.MALFORMED,
-                    message=f"{type(message).__name__} is sent by the concentrator, not to it",
-                    ref_type=int(_TYPE_IDS[type(message)]),
-                    token=message.token,
-                )
+    @_ANSWERS.on(Hello)
+    def _on_hello(self, hello: Hello) -> Message | None:
+        if hello.protocol_version != PROTOCOL_VERSION:
+            return Error(
+                code=ErrorCode.UNSUPPORTED_VERSION,
+                message=(
+                    f"protocol version {hello.protocol_version}; this side speaks "
+                    f"{PROTOCOL_VERSION}"
+                ),
+                ref_type=1,
+                token=hello.token,
+            )
+        return self._hello(hello.token)
 
-    def _configure(self, config: RadioConfig) -> Message:
+    @_ANSWERS.on(GetStats)
+    def _on_get_stats(self, request: GetStats) -> Message | None:
+        return self._stats_message(request.token)
+
+    @_ANSWERS.on(Error)
+    def _on_error(self, error: Error) -> Message | None:
+        # Never answered (protocol v1, ERROR): two confused peers must not ping-pong.
+        log.info("host reports an error: %s %s", error.code.name, error.message)
+        return None
+
+    @_ANSWERS.on(RadioConfigAck, RxFrame, TxAck, Stats)
+    def _not_a_request(self, message: Message) -> Message | None:
+        return Error(
+            code=ErrorCode.MALFORMED,
+            message=f"{type(message).__name__} is sent by the concentrator, not to it",
+            ref_type=int(_TYPE_IDS[type(message)]),
+            token=message.token,
+        )
+
+    @_ANSWERS.on(RadioConfig)
+    def _configure(self, config: RadioConfig) -> Message | None:
         caps = self.capabilities
         if len(config.channels) > caps.max_channels or any(
             not caps.frequency_min_hz <= channel.frequency_hz <= caps.frequency_max_hz
@@ -392,7 +449,8 @@ class EmulatedConcentrator(AsyncLifecycle):
             await asyncio.sleep(interval_s)
             self._send(self._stats_message(0))
 
-    def _transmit(self, request: TxRequest) -> Message:
+    @_ANSWERS.on(TxRequest)
+    def _transmit(self, request: TxRequest) -> Message | None:
         self._stats["tx_requested"] += 1
         config = self.radio_config
         if config is None:
@@ -438,11 +496,15 @@ class EmulatedConcentrator(AsyncLifecycle):
             self._corrupt_next = False
             payload = encode_message(message)
             wrong = crc16(payload) ^ 0x0001
-            self._port.write(
-                DELIMITER + cobs_encode(payload + wrong.to_bytes(2, "big")) + DELIMITER
-            )
+            frame = DELIMITER + cobs_encode(payload + wrong.to_bytes(2, "big")) + DELIMITER
+            self._write_fault(frame, "corrupt", f"{type(message).__name__} with a wrong CRC")
             return
-        self._port.write(to_frame(message))
+        self.serial.send(to_frame(message))
+
+    def _write_fault(self, data: bytes, kind: FaultKind, detail: str) -> None:
+        # A fault hook's bytes: logged with the plan's faults, then sent as any answer is.
+        self.plan.log.record("to_host", kind, self.plan.position("to_host"), data, detail)
+        self.serial.send(data)
 
     def _count_dropped(self) -> None:
         # A frame lost to the line (unplugged, or a failed write): STATS.link_dropped.

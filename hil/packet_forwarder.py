@@ -11,6 +11,27 @@ and :meth:`send_raw` sends garbage.
 
 It runs in the caller's asyncio loop; the server is anything on ``host``:``port`` (the tests:
 :class:`~owlgate.edge.semtech_udp.SemtechUdpBackend` on 127.0.0.1 and a free port).
+
+**Faults.** ``plan`` is a :class:`~owlgate.hil.faults.FaultPlan`
+(:attr:`~EmulatedPacketForwarder.plan`, empty by default) over datagrams: ``to_host`` is
+what the forwarder sends (both sockets), ``to_device`` what it receives. Each datagram is one
+write to the plan, so triggers count datagram bytes. What the kinds mean for UDP, which
+delivers a datagram whole or not at all:
+
+- ``drop``: a byte dropped anywhere loses the whole datagram (counted in
+  :attr:`~EmulatedPacketForwarder.datagrams_lost`; a per-byte ``probability`` p loses a datagram
+  of n bytes with probability 1 - (1 - p)^n);
+- ``corrupt``, ``insert``, ``reset``: the datagram goes out changed (flipped bits, extra
+  bytes, cut short), for the receiver's codec to reject;
+- ``delay`` and ``stall``: the datagram goes out that much later (later ones are not held:
+  UDP reorders);
+- ``silence``: datagrams in that direction are lost;
+- ``unplug``: the network cable is out: every datagram, both directions, is lost for
+  ``duration_s`` (0: until :meth:`~EmulatedPacketForwarder.replug`); logged with ``replug``.
+
+Every fault lands in ``plan.log`` with its timestamp, as on the serial emulators. The
+datagrams received are dispatched by type through one
+:class:`~owlgate.hil.serial_device.CommandTable`.
 """
 
 from __future__ import annotations
@@ -19,6 +40,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Self
 
@@ -37,6 +59,8 @@ from ..codecs.gwmp import (
     TxpkAck,
     decode_datagram,
 )
+from .faults import Direction, FaultPlan
+from .serial_device import CommandTable
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +70,10 @@ DEFAULT_EUI: Final = bytes.fromhex("aa555a0000000101")
 KEEPALIVE_S: Final = 10.0
 _COUNTER_MODULUS: Final = 1 << 32
 _TOKEN_MAX: Final = 0xFFFF
+
+#: What the forwarder does with each datagram type the server may send (and with those only a
+#: forwarder sends).
+_RECEIVED: CommandTable[type, EmulatedPacketForwarder, None] = CommandTable("GWMP gateway side")
 
 
 class _Socket(asyncio.DatagramProtocol):
@@ -68,7 +96,8 @@ class EmulatedPacketForwarder:
     ``stat`` report every so often (None: only when :meth:`send_stat` is called).
     ``version`` 1 emulates a forwarder before GWMP v2: version-1 headers and no TX_ACK.
     ``keepalive_on_start`` False waits for :meth:`start_keepalive` before the first PULL_DATA.
-    ``seed`` fixes the concentrator counter's start and the tokens.
+    ``seed`` fixes the concentrator counter's start and the tokens. ``plan``: faults on the
+    datagrams (see the module text).
     """
 
     def __init__(
@@ -82,6 +111,7 @@ class EmulatedPacketForwarder:
         version: int = PROTOCOL_VERSION,
         keepalive_on_start: bool = True,
         seed: int | None = None,
+        plan: FaultPlan | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -114,11 +144,18 @@ class EmulatedPacketForwarder:
         self._tasks: list[asyncio.Task[None]] = []
         self._keepalive: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        #: The faults on the datagrams, and the log of every fault applied.
+        self.plan = plan if plan is not None else FaultPlan()
+        #: Datagrams lost to the plan (drop, silence, the cable out), both directions.
+        self.datagrams_lost = 0
+        self._offline_until_s: float | None = None
+        self._held: set[asyncio.TimerHandle] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         loop = asyncio.get_running_loop()
+        self.plan.start()
         remote = (self.host, self.port)
         self._up, _ = await loop.create_datagram_endpoint(
             lambda: _Socket(self, "up"), remote_addr=remote
@@ -141,7 +178,10 @@ class EmulatedPacketForwarder:
         await self.close()
 
     async def close(self) -> None:
-        """Stop the periodic datagrams and close both sockets."""
+        """Stop the periodic datagrams and close both sockets (held datagrams are lost)."""
+        for handle in self._held:
+            handle.cancel()
+        self._held.clear()
         self.stop_keepalive()
         for task in self._tasks:
             task.cancel()
@@ -287,6 +327,24 @@ class EmulatedPacketForwarder:
                 self._changed.clear()
                 await self._changed.wait()
 
+    def replug(self) -> None:
+        """The network cable is back after an ``unplug`` fault (logged as ``replug``)."""
+        if self._offline_until_s is None:
+            return
+        self._offline_until_s = None
+        self.plan.log.record("to_host", "replug", self.plan.position("to_host"), b"", "network")
+
+    @property
+    def offline(self) -> bool:
+        """Whether an ``unplug`` fault holds the network cable out now."""
+        until = self._offline_until_s
+        if until is None:
+            return False
+        if asyncio.get_running_loop().time() < until:
+            return True
+        self.replug()
+        return False
+
     # --- internals ----------------------------------------------------------------------------
 
     def _token(self) -> int:
@@ -296,7 +354,41 @@ class EmulatedPacketForwarder:
         transport = self._up if which == "up" else self._down
         if transport is None:
             raise RuntimeError("the emulated forwarder is not started")
-        transport.sendto(data)
+        self._through_plan("to_host", data, transport.sendto)
+
+    def _through_plan(
+        self, direction: Direction, data: bytes, deliver: Callable[[bytes], object]
+    ) -> None:
+        """Hand one datagram to the plan, then to ``deliver`` (now, later, changed or never)."""
+        if self.offline:
+            self.datagrams_lost += 1
+            return
+        logged = len(self.plan.log)
+        applied = self.plan.apply(direction, data)
+        loop = asyncio.get_running_loop()
+        if applied.unplug_s is not None:
+            duration_s = applied.unplug_s
+            self._offline_until_s = loop.time() + duration_s if duration_s > 0 else float("inf")
+            detail = f"network for {duration_s:g} s" if duration_s > 0 else "network"
+            self.plan.log.record(direction, "unplug", self.plan.position(direction), b"", detail)
+            self.datagrams_lost += 1
+            return
+        dropped = any(e.kind == "drop" for e in self.plan.log.events()[logged:])
+        if dropped or not applied.data:
+            # UDP delivers a datagram whole or not at all: a lost byte loses all of it.
+            self.datagrams_lost += 1
+            return
+        hold_s = applied.delay_s + applied.stall_s
+        if hold_s <= 0:
+            deliver(applied.data)
+            return
+
+        def release() -> None:
+            self._held.discard(handle)
+            deliver(applied.data)
+
+        handle = loop.call_later(hold_s, release)
+        self._held.add(handle)
 
     async def _keepalive_loop(self) -> None:
         while True:
@@ -309,22 +401,36 @@ class EmulatedPacketForwarder:
             self.send_stat()
 
     def _on_datagram(self, data: bytes, socket_name: str) -> None:
+        self._through_plan("to_device", data, self._received)
+
+    def _received(self, data: bytes) -> None:
         try:
             datagram = decode_datagram(data)
         except CodecError as err:
             self.invalid_received += 1
             log.debug("emulated forwarder: invalid datagram %s (%s)", data.hex(), err)
             return
-        if isinstance(datagram, PushAck):
-            self.push_ack_tokens.append(datagram.token)
-        elif isinstance(datagram, PullAck):
-            self.pull_ack_tokens.append(datagram.token)
-        elif isinstance(datagram, PullResp):
-            self._on_pull_resp(datagram)
-        else:
+        handler = _RECEIVED.get(type(datagram))
+        if handler is None:
             self.invalid_received += 1
+        else:
+            handler(self, datagram)
         self._changed.set()
 
+    @_RECEIVED.on(PushAck)
+    def _on_push_ack(self, datagram: PushAck) -> None:
+        self.push_ack_tokens.append(datagram.token)
+
+    @_RECEIVED.on(PullAck)
+    def _on_pull_ack(self, datagram: PullAck) -> None:
+        self.pull_ack_tokens.append(datagram.token)
+
+    @_RECEIVED.on(PushData, PullData, TxAckDatagram)
+    def _not_for_a_forwarder(self, datagram: PushData | PullData | TxAckDatagram) -> None:
+        # What a gateway sends, not what a server sends to one.
+        self.invalid_received += 1
+
+    @_RECEIVED.on(PullResp)
     def _on_pull_resp(self, datagram: PullResp) -> None:
         self.downlinks.append(datagram)
         if not self.send_tx_ack:

@@ -1,10 +1,11 @@
 """The serial port of an emulated device: a pseudo-terminal behind a stable symlink.
 
-Every emulator in this package (the concentrator, the RAK3172, the wired bus, the paced
-line's host side) shows the host the same thing a USB serial adapter does: a tty at a fixed
-path that a client opens with pyserial, that vanishes when the cable is pulled (the client's
-reads fail) and comes back, as a new tty, behind the same path. :class:`PtyPort` is that port,
-held by an emulator and driven with callbacks:
+Every emulator in this package (the concentrator, the RAK3172, the RN2483, the wired bus, the
+paced line's host side) shows the host the same thing a USB serial adapter does: a tty at a
+fixed path that a client opens with pyserial, that vanishes when the cable is pulled (the
+client's reads fail) and comes back, as a new tty, behind the same path. :class:`PtyPort` is
+that port, held by a :class:`owlgate.hil.serial_device.SerialDevice` (the emulators'
+transport) or by the paced line, and driven with callbacks:
 
 - ``on_bytes(data)`` receives what the host wrote, as it arrives;
 - :meth:`PtyPort.write` sends bytes to the host; it never blocks: what the pty's buffer cannot
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import termios
 import tty
 from collections.abc import Callable
 from pathlib import Path
@@ -36,8 +38,34 @@ log = logging.getLogger(__name__)
 #: How much one read takes from a descriptor (a pty hands over at most about this much).
 DEFAULT_READ_SIZE_BYTES: Final = 4096
 
+#: termios speed constants back to bits per second.
+_SPEEDS: Final = {
+    getattr(termios, f"B{rate}"): rate
+    for rate in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+    if hasattr(termios, f"B{rate}")
+}
+
 #: Called with a reason (``"read failed: ..."``, ``"write failed: ..."``, ``"end of file"``).
 ErrorCallback = Callable[[str], None]
+
+
+def host_baud(tty_path: str) -> int | None:
+    """The baud rate the host set on the pty at ``tty_path`` (None if it cannot be read).
+
+    A pty carries no signal, but its termios settings are shared by both ends: what pyserial
+    set on the slave is what a UART on the device side would have to match.
+    """
+    try:
+        fd = os.open(tty_path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        speed = termios.tcgetattr(fd)[5]
+    except termios.error:
+        return None
+    finally:
+        os.close(fd)
+    return _SPEEDS.get(speed)
 
 
 class AsyncLifecycle(abc.ABC):

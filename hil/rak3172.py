@@ -6,9 +6,13 @@ real module keeps, and a test drives the radio side: :meth:`~EmulatedRak3172.inj
 received packet, :attr:`~EmulatedRak3172.sent` records what the host transmitted, and fault
 hooks answer busy, restart the module, unplug and replug it.
 
-Like :class:`owlgate.hil.concentrator.EmulatedConcentrator` it offers a
-:class:`owlgate.hil.pty.PtyPort`: a pty in raw mode behind a stable symlink
-(``<link_dir>/ttyRAK0`` by default), in the caller's asyncio loop.
+Like :class:`owlgate.hil.concentrator.EmulatedConcentrator` its port is a
+:class:`owlgate.hil.serial_device.SerialDevice` (:attr:`EmulatedRak3172.serial`): a pty in raw
+mode behind a stable symlink (``<link_dir>/ttyRAK0`` by default) and/or a ``socket://`` port
+(``tcp=True``, :attr:`~EmulatedRak3172.url`), optionally paced at the host's baud rate, with a
+:class:`~owlgate.hil.faults.FaultPlan` (:attr:`~EmulatedRak3172.plan`) on both directions, in
+the caller's asyncio loop. Every AT command and form it answers is one entry of a
+:class:`~owlgate.hil.serial_device.CommandTable`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from ..codecs.rui3 import (
     parse_request,
     parse_values,
 )
-from .pty import AsyncLifecycle, PtyPort
+from .faults import FaultPlan
+from .pty import AsyncLifecycle
+from .serial_device import BytesHandler, CommandTable, SerialDevice
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,10 @@ RESTART_DELAY_S: Final = 0.05
 TX_DURATION_S: Final = 0.01
 
 FirmwareStyle = Literal["3.2", "legacy"]
+_Answer = tuple[bytes, Status]
+
+#: The RUI3 commands this emulator plays, one handler per (command, form).
+_COMMANDS: CommandTable[tuple[str, str], EmulatedRak3172, _Answer] = CommandTable("RUI3 P2P")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +85,12 @@ class EmulatedRak3172(AsyncLifecycle):
     ``"legacy"`` as the older header line and payload line. ``work_mode`` is the AT+NWM the
     module starts in (1, LoRaWAN, as shipped); like P2P settings and IQ inversion it survives
     restarts, as flash-stored settings do; the receive state does not.
+
+    The line: ``pty`` (the path, default) and/or ``tcp`` (``tcp_port``, 0 for a free one);
+    ``paced`` paces it at the host's pty rate or ``baudrate`` (off by default: the edge's
+    RAK3172 backend reads the four-line boot banner as several restarts when its lines arrive
+    at UART speed, see ``docs/hil-devices.md``); ``expected_baud`` refuses a host at another
+    rate; ``plan`` the faults on both directions.
     """
 
     def __init__(
@@ -84,6 +100,13 @@ class EmulatedRak3172(AsyncLifecycle):
         link_name: str = DEFAULT_LINK_NAME,
         firmware_style: FirmwareStyle = "3.2",
         work_mode: int = 1,
+        pty: bool = True,
+        tcp: bool = False,
+        tcp_port: int = 0,
+        baudrate: int = 115200,
+        expected_baud: int | None = None,
+        plan: FaultPlan | None = None,
+        paced: bool = False,
     ) -> None:
         if firmware_style not in VERSIONS:
             raise ValueError(f"firmware_style is '3.2' or 'legacy', got {firmware_style!r}")
@@ -106,9 +129,20 @@ class EmulatedRak3172(AsyncLifecycle):
         self.silent = False
         self._busy = 0
         self._booting = False
-        self._port = PtyPort(
-            self.path, label=f"emulated RAK3172 {self.path}", on_bytes=self._on_bytes
+        #: The transport: pty and/or TCP, pacing, faults.
+        self.serial = SerialDevice(
+            lambda send: BytesHandler(self._on_bytes),
+            pty_path=self.path if pty else None,
+            tcp=tcp,
+            tcp_port=tcp_port,
+            baudrate=baudrate,
+            expected_baud=expected_baud,
+            plan=plan,
+            paced=paced,
+            label=f"emulated RAK3172 {self.path}",
         )
+        #: The faults on the line, and the log of every fault applied or injected.
+        self.plan = self.serial.plan
         self._in = bytearray()
         self._changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -117,32 +151,42 @@ class EmulatedRak3172(AsyncLifecycle):
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> Self:
-        """Create the pty and the symlink, and start answering."""
+        """Create the pty and the symlink and/or the TCP port, and start answering."""
         self._loop = asyncio.get_running_loop()
-        self._open()
+        self._in = bytearray()
+        await self.serial.start()
+        self._opened()
         return self
 
     async def close(self) -> None:
-        """Close the pty and remove the symlink (idempotent)."""
+        """Close the pty and remove the symlink, close the TCP port (idempotent)."""
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        self._port.close()
+        await self.serial.close()
 
     @property
     def plugged(self) -> bool:
-        """Whether the pty is there."""
-        return self._port.is_open
+        """Whether the port is there."""
+        return self.serial.plugged
+
+    @property
+    def tty_path(self) -> str | None:
+        """The pty's own path (``/dev/pts/N``) now, None while unplugged."""
+        return self.serial.tty_path
+
+    @property
+    def url(self) -> str:
+        """The ``socket://127.0.0.1:PORT`` URL of the TCP side (``tcp=True`` only)."""
+        return self.serial.url
 
     @property
     def version(self) -> str:
         """What AT+VER=? answers."""
         return VERSIONS[self.firmware_style]
 
-    def _open(self) -> None:
-        self._in = bytearray()
-        self._port.open()
-        log.info("emulated RAK3172 on %s (%s)", self.path, self._port.tty_path)
+    def _opened(self) -> None:
+        log.info("emulated RAK3172 on %s (%s)", self.path, self.serial.tty_path)
 
     # --- fault hooks --------------------------------------------------------------------------
 
@@ -153,26 +197,37 @@ class EmulatedRak3172(AsyncLifecycle):
     def restart(self) -> None:
         """The module restarts (reset pin, brown-out, watchdog): it prints its banner and is
         no longer receiving; flash-stored settings (work mode, P2P, IQ) remain."""
+        self.plan.log.record(
+            "to_host", "reset", self.plan.position("to_host"), b"", "module restart"
+        )
+        self._restart()
+
+    def _restart(self) -> None:
         self.restarts += 1
         self.receive_window = PRECV_STOP
         self._booting = False
-        self._port.write(format_banner(self.version, self.work_mode))
+        self.serial.send(format_banner(self.version, self.work_mode))
         self._changed.set()
 
     def unplug(self) -> None:
-        """The USB cable is pulled: the pty closes and the path is gone."""
+        """The USB cable is pulled: the pty closes and the path is gone; the TCP port refuses
+        connections."""
         log.info("emulated RAK3172 %s unplugged", self.path)
-        self._port.close()
+        self.serial.unplug_now()
 
     def replug(self) -> None:
-        """Plugged back in: a new pty behind the same path, and the module has powered up."""
-        self._port.close()
-        self._open()
-        self.restart()
+        """Plugged back in: a new pty behind the same path (the TCP port listens again), and
+        the module has powered up."""
+        self.serial.unplug_now()
+        self._in = bytearray()
+        self.serial.replug_now()
+        self._opened()
+        self._restart()
 
     def send_raw(self, data: bytes) -> None:
         """Write ``data`` to the line as it is (garbage, a line in pieces)."""
-        self._port.write(data)
+        self.plan.log.record("to_host", "insert", self.plan.position("to_host"), data, "raw")
+        self.serial.send(data)
 
     # --- the radio side -----------------------------------------------------------------------
 
@@ -206,7 +261,7 @@ class EmulatedRak3172(AsyncLifecycle):
             return False
         if self.receive_window == PRECV_SINGLE:
             self.receive_window = PRECV_STOP
-        self._port.write(
+        self.serial.send(
             format_rx_event(rssi_dbm, snr_db, payload, legacy=self.firmware_style == "legacy")
         )
         return True
@@ -264,88 +319,113 @@ class EmulatedRak3172(AsyncLifecycle):
             return
         if self._busy > 0:
             self._busy -= 1
-            self._port.write(format_status(Status.AT_BUSY_ERROR))
+            self.serial.send(format_status(Status.AT_BUSY_ERROR))
             return
         try:
             request = parse_request(line)
         except CodecError:
-            self._port.write(format_status(Status.AT_COMMAND_NOT_FOUND))
+            self.serial.send(format_status(Status.AT_COMMAND_NOT_FOUND))
             return
         try:
             reply, status = self._answer(request)
         except CodecError:
             reply, status = b"", Status.AT_PARAM_ERROR
-        self._port.write(reply + format_status(status))
+        self.serial.send(reply + format_status(status))
 
-    def _answer(self, request: Request) -> tuple[bytes, Status]:
-        # One case per command and form: the handlers of the RUI3 table this emulator plays.
-        name = request.command.name
-        match (name, request.form):
-            case ("", "run"):
-                return b"", Status.OK
-            case ("Z", "run"):
-                self._later(RESTART_DELAY_S, self.restart)
-                self._booting = True
-                return b"", Status.OK
-            case ("VER", "read"):
-                return format_value("VER", self.version), Status.OK
-            case ("NWM", "read"):
-                return format_value("NWM", str(self.work_mode)), Status.OK
-            case ("NWM", "set"):
-                (mode,) = parse_values("NWM", request.argument)
-                assert isinstance(mode, int)
-                if mode != self.work_mode:
-                    # RUI3: a new work mode is applied by restarting, after the OK.
-                    self.work_mode = mode
-                    self._booting = True
-                    self._later(RESTART_DELAY_S, self.restart)
-                return b"", Status.OK
-            case ("P2P", "read"):
-                value = ":".join(str(part) for part in self.p2p)
-                return format_value("P2P", value), Status.OK
-            case ("P2P", "set"):
-                if self.work_mode != 0:
-                    return b"", Status.AT_MODE_NO_SUPPORT
-                if self.receive_window != PRECV_STOP:
-                    return b"", Status.AT_BUSY_ERROR
-                values = parse_values("P2P", request.argument)
-                numbers = tuple(int(value) for value in values if isinstance(value, int))
-                if numbers[2] not in (125, 250, 500):
-                    return b"", Status.AT_PARAM_ERROR
-                freq, sf, bw, cr, preamble, power = numbers
-                self.p2p = (freq, sf, bw, cr, preamble, power)
-                return b"", Status.OK
-            case ("IQINVER", "read"):
-                return format_value("IQINVER", str(int(self.iq_inverted))), Status.OK
-            case ("IQINVER", "set"):
-                if self.receive_window != PRECV_STOP:
-                    return b"", Status.AT_BUSY_ERROR
-                (inverted,) = parse_values("IQINVER", request.argument)
-                self.iq_inverted = bool(inverted)
-                return b"", Status.OK
-            case ("PRECV", "read"):
-                return format_value("PRECV", str(self.receive_window)), Status.OK
-            case ("PRECV", "set"):
-                if self.work_mode != 0:
-                    return b"", Status.AT_MODE_NO_SUPPORT
-                (window,) = parse_values("PRECV", request.argument)
-                assert isinstance(window, int)
-                # Timed windows (1 .. 65533 ms) are not needed by the host: listen as if
-                # continuous, which only makes the emulator more forgiving.
-                self.receive_window = window
-                return b"", Status.OK
-            case ("PSEND", "set"):
-                if self.work_mode != 0:
-                    return b"", Status.AT_MODE_NO_SUPPORT
-                if self.receive_window != PRECV_STOP:
-                    # RUI3 refuses to transmit while the radio listens.
-                    return b"", Status.AT_BUSY_ERROR
-                (payload,) = parse_values("PSEND", request.argument)
-                assert isinstance(payload, bytes)
-                self._transmit(payload)
-                return b"", Status.OK
-            case _:
-                return b"", Status.AT_ERROR
+    def _answer(self, request: Request) -> _Answer:
+        handler = _COMMANDS.get((request.command.name, request.form))
+        if handler is None:
+            return b"", Status.AT_ERROR
+        return handler(self, request)
+
+    # --- the command table: one handler per command and form --------------------------------
+
+    @_COMMANDS.on(("", "run"))
+    def _at(self, request: Request) -> _Answer:
+        return b"", Status.OK
+
+    @_COMMANDS.on(("Z", "run"))
+    def _atz(self, request: Request) -> _Answer:
+        self._later(RESTART_DELAY_S, self._restart)
+        self._booting = True
+        return b"", Status.OK
+
+    @_COMMANDS.on(("VER", "read"))
+    def _read_version(self, request: Request) -> _Answer:
+        return format_value("VER", self.version), Status.OK
+
+    @_COMMANDS.on(("NWM", "read"))
+    def _read_work_mode(self, request: Request) -> _Answer:
+        return format_value("NWM", str(self.work_mode)), Status.OK
+
+    @_COMMANDS.on(("NWM", "set"))
+    def _set_work_mode(self, request: Request) -> _Answer:
+        (mode,) = parse_values("NWM", request.argument)
+        assert isinstance(mode, int)
+        if mode != self.work_mode:
+            # RUI3: a new work mode is applied by restarting, after the OK.
+            self.work_mode = mode
+            self._booting = True
+            self._later(RESTART_DELAY_S, self._restart)
+        return b"", Status.OK
+
+    @_COMMANDS.on(("P2P", "read"))
+    def _read_p2p(self, request: Request) -> _Answer:
+        value = ":".join(str(part) for part in self.p2p)
+        return format_value("P2P", value), Status.OK
+
+    @_COMMANDS.on(("P2P", "set"))
+    def _set_p2p(self, request: Request) -> _Answer:
+        if self.work_mode != 0:
+            return b"", Status.AT_MODE_NO_SUPPORT
+        if self.receive_window != PRECV_STOP:
+            return b"", Status.AT_BUSY_ERROR
+        values = parse_values("P2P", request.argument)
+        numbers = tuple(int(value) for value in values if isinstance(value, int))
+        if numbers[2] not in (125, 250, 500):
+            return b"", Status.AT_PARAM_ERROR
+        freq, sf, bw, cr, preamble, power = numbers
+        self.p2p = (freq, sf, bw, cr, preamble, power)
+        return b"", Status.OK
+
+    @_COMMANDS.on(("IQINVER", "read"))
+    def _read_iq(self, request: Request) -> _Answer:
+        return format_value("IQINVER", str(int(self.iq_inverted))), Status.OK
+
+    @_COMMANDS.on(("IQINVER", "set"))
+    def _set_iq(self, request: Request) -> _Answer:
+        if self.receive_window != PRECV_STOP:
+            return b"", Status.AT_BUSY_ERROR
+        (inverted,) = parse_values("IQINVER", request.argument)
+        self.iq_inverted = bool(inverted)
+        return b"", Status.OK
+
+    @_COMMANDS.on(("PRECV", "read"))
+    def _read_receive(self, request: Request) -> _Answer:
+        return format_value("PRECV", str(self.receive_window)), Status.OK
+
+    @_COMMANDS.on(("PRECV", "set"))
+    def _set_receive(self, request: Request) -> _Answer:
+        if self.work_mode != 0:
+            return b"", Status.AT_MODE_NO_SUPPORT
+        (window,) = parse_values("PRECV", request.argument)
+        assert isinstance(window, int)
+        # Timed windows (1 .. 65533 ms) are not needed by the host: listen as if continuous,
+        # which only makes the emulator more forgiving.
+        self.receive_window = window
+        return b"", Status.OK
+
+    @_COMMANDS.on(("PSEND", "set"))
+    def _send_packet(self, request: Request) -> _Answer:
+        if self.work_mode != 0:
+            return b"", Status.AT_MODE_NO_SUPPORT
+        if self.receive_window != PRECV_STOP:
+            # RUI3 refuses to transmit while the radio listens.
+            return b"", Status.AT_BUSY_ERROR
+        (payload,) = parse_values("PSEND", request.argument)
+        assert isinstance(payload, bytes)
+        self._transmit(payload)
+        return b"", Status.OK
 
     def _transmit(self, payload: bytes) -> None:
         assert self._loop is not None
@@ -367,7 +447,7 @@ class EmulatedRak3172(AsyncLifecycle):
         self._later(TX_DURATION_S, self._tx_done)
 
     def _tx_done(self) -> None:
-        self._port.write(b"+EVT:TXP2P DONE\r\n")
+        self.serial.send(b"+EVT:TXP2P DONE\r\n")
 
     def _later(self, delay_s: float, callback: Callable[[], None]) -> None:
         assert self._loop is not None

@@ -26,10 +26,17 @@ format. Without ``air_address`` a join request reaches no gateway and the join f
 window. The join status is not flash-stored: a restart forgets it.
 
 :class:`EmulatedSerialModule` is what it shares with the RN2483 emulator
-(:mod:`owlgate.hil.rn2483`): the pty (a :class:`owlgate.hil.pty.PtyPort` behind a stable
-symlink), line splitting, the command log, and the faults a test sets in :attr:`faults`
-(:class:`ModuleFaults`): a delay per reply, busy replies, a restart in the middle of a
-sequence, and a flaky cable that corrupts or drops a byte of a reply.
+(:mod:`owlgate.hil.rn2483`): the port (a :class:`owlgate.hil.serial_device.SerialDevice`:
+a pty behind a stable symlink and/or a ``socket://`` port, optionally paced at the host's
+baud rate, with a :class:`~owlgate.hil.faults.FaultPlan` in
+:attr:`~EmulatedSerialModule.plan`), line splitting, the command log, and the faults a test
+sets in :attr:`faults` (:class:`ModuleFaults`): a delay per reply, busy replies, a restart in
+the middle of a sequence, and a flaky cable that corrupts or drops a byte of a reply. Those
+faults are logged in the plan's log as they fire (``delay``, ``reset``, ``corrupt``,
+``drop``), with the plan's own.
+
+The commands are answered by handlers declared per command and form in one
+:class:`~owlgate.hil.serial_device.CommandTable`.
 """
 
 from __future__ import annotations
@@ -58,7 +65,9 @@ from ..codecs.rui3 import (
     parse_request,
     parse_values,
 )
-from .pty import AsyncLifecycle, PtyPort
+from .faults import FaultKind, FaultPlan
+from .pty import AsyncLifecycle
+from .serial_device import CommandTable, SerialDevice
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +91,15 @@ JOIN_FREQUENCY_HZ: Final = 868_100_000
 JOIN_SF: Final = 7
 #: The AT+JOIN defaults (RUI3 AT Command Manual): no auto-join, 8 s between attempts.
 DEFAULT_JOIN_INTERVAL_S: Final = 8
+#: Commands that exist only in LoRaWAN work mode.
+LORAWAN_COMMANDS: Final = frozenset({"DEVEUI", "APPEUI", "APPKEY", "BAND", "NJM", "JOIN", "NJS"})
+
+_Answer = tuple[bytes, Status]
+#: The RUI3 commands the LoRaWAN module plays, one handler per (command, form); a handler
+#: returning None has answered (or restarted) by itself.
+_COMMANDS: CommandTable[tuple[str, str], EmulatedRak3172LoRaWAN, _Answer | None] = CommandTable(
+    "RUI3 LoRaWAN"
+)
 
 
 @dataclass(slots=True)
@@ -129,11 +147,28 @@ class EmulatedSerialModule(AsyncLifecycle, abc.ABC):
 
     Subclasses answer one command line at a time in :meth:`answer` (None: no reply) and
     say what a restart does in :meth:`on_restart`.
+
+    The line: ``pty`` (the path, default) and/or ``tcp`` (``tcp_port``, 0 for a free one),
+    paced at the host's pty rate or ``baudrate`` with ``paced`` (off by default, as before the
+    framework: a program that opens the pty without setting its speed leaves it at 38400, see
+    ``docs/hil-devices.md``); ``expected_baud`` refuses a host at another rate; ``plan`` the
+    faults on both directions.
     """
 
     label = "serial module"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        pty: bool = True,
+        tcp: bool = False,
+        tcp_port: int = 0,
+        baudrate: int = 115200,
+        expected_baud: int | None = None,
+        plan: FaultPlan | None = None,
+        paced: bool = False,
+    ) -> None:
         self.path = path
         self.faults = ModuleFaults()
         #: Every command line received, in order, without its line end.
@@ -142,7 +177,20 @@ class EmulatedSerialModule(AsyncLifecycle, abc.ABC):
         self.restarts = 0
         #: Replies a fault changed or cut.
         self.garbled_replies = 0
-        self._port = PtyPort(path, label=f"emulated {self.label} {path}", on_bytes=self.on_bytes)
+        #: The transport: pty and/or TCP, pacing, faults.
+        self.serial = SerialDevice(
+            lambda send: self,
+            pty_path=path if pty else None,
+            tcp=tcp,
+            tcp_port=tcp_port,
+            baudrate=baudrate,
+            expected_baud=expected_baud,
+            plan=plan,
+            paced=paced,
+            label=f"emulated {self.label} {path}",
+        )
+        #: The faults on the line, and the log of every fault applied or injected.
+        self.plan = self.serial.plan
         self._in = bytearray()
         self._booting = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -154,24 +202,47 @@ class EmulatedSerialModule(AsyncLifecycle, abc.ABC):
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> Self:
-        """Create the pty and the symlink, and start answering."""
+        """Create the pty and the symlink and/or the TCP port, and start answering."""
         self._loop = asyncio.get_running_loop()
         self._in = bytearray()
-        self._port.open()
-        log.info("emulated %s on %s (%s)", self.label, self.path, self._port.tty_path)
+        await self.serial.start()
+        log.info("emulated %s on %s (%s)", self.label, self.path, self.serial.tty_path)
         return self
 
     async def close(self) -> None:
-        """Close the pty and remove the symlink (idempotent)."""
+        """Close the pty and remove the symlink, close the TCP port (idempotent)."""
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-        self._port.close()
+        await self.serial.close()
 
     @property
     def tty_path(self) -> str | None:
         """The pty behind :attr:`path` now (None while closed)."""
-        return self._port.tty_path
+        return self.serial.tty_path
+
+    @property
+    def url(self) -> str:
+        """The ``socket://127.0.0.1:PORT`` URL of the TCP side (``tcp=True`` only)."""
+        return self.serial.url
+
+    @property
+    def plugged(self) -> bool:
+        """Whether the port is there."""
+        return self.serial.plugged
+
+    def unplug(self) -> None:
+        """The USB cable is pulled: the pty path is gone, the TCP port refuses connections;
+        the module, unpowered, forgets what it was reading."""
+        self.serial.unplug_now()
+        self._in.clear()
+
+    def replug(self) -> None:
+        """Plugged back in: a new pty behind the same path (the TCP port listens again), and
+        the module powers up (a restart)."""
+        self.serial.unplug_now()
+        self.serial.replug_now()
+        self.restart()
 
     def restart(self) -> None:
         """The module restarts now: it hears nothing for :data:`RESTART_DELAY_S`, then it is
@@ -185,7 +256,10 @@ class EmulatedSerialModule(AsyncLifecycle, abc.ABC):
         self._booting = False
         banner = self.on_restart()
         if banner:
-            self._port.write(banner)
+            self.serial.send(banner)
+
+    def _log_fault(self, kind: FaultKind, data: bytes, detail: str) -> None:
+        self.plan.log.record("to_host", kind, self.plan.position("to_host"), data, detail)
 
     # --- what subclasses say ------------------------------------------------------------------
 
@@ -227,6 +301,7 @@ class EmulatedSerialModule(AsyncLifecycle, abc.ABC):
             if faults.restart_after <= 0:
                 faults.restart_after = None
                 log.info("emulated %s %s restarts (fault)", self.label, self.path)
+                self._log_fault("reset", raw, "ModuleFaults.restart_after: restart, no answer")
                 self.restart()
                 return
         if faults.busy > 0:
@@ -246,19 +321,22 @@ class EmulatedSerialModule(AsyncLifecycle, abc.ABC):
         if faults.corrupt_replies > 0:
             faults.corrupt_replies -= 1
             self.garbled_replies += 1
+            self._log_fault("corrupt", reply, "ModuleFaults.corrupt_replies: one bit flipped")
             reply = garble(reply, drop=False, rng=self._rng())
         elif faults.drop_reply_bytes > 0:
             faults.drop_reply_bytes -= 1
             self.garbled_replies += 1
+            self._log_fault("drop", reply, "ModuleFaults.drop_reply_bytes: one byte lost")
             reply = garble(reply, drop=True, rng=self._rng())
         if faults.reply_delay_s <= 0:
-            self._port.write(reply)
+            self.serial.send(reply)
             return
         assert self._loop is not None
+        self._log_fault("delay", b"", f"ModuleFaults.reply_delay_s: {faults.reply_delay_s:g} s")
         # Replies keep their order however the delays fall.
         due_s = max(self._loop.time() + faults.reply_delay_s, self._next_reply_s)
         self._next_reply_s = due_s
-        self._later(due_s - self._loop.time(), lambda: self._port.write(reply))
+        self._later(due_s - self._loop.time(), lambda: self.serial.send(reply))
 
     def _rng(self) -> random.Random:
         if self._random is None or self._random_seed != self.faults.seed:
@@ -305,8 +383,24 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
         air_address: tuple[str, int] | None = None,
         air_receive_port: int = 0,
         join_rx_timeout_s: float = JOIN_RX_TIMEOUT_S,
+        pty: bool = True,
+        tcp: bool = False,
+        tcp_port: int = 0,
+        baudrate: int = 115200,
+        expected_baud: int | None = None,
+        plan: FaultPlan | None = None,
+        paced: bool = False,
     ) -> None:
-        super().__init__(Path(link_dir) / link_name)
+        super().__init__(
+            Path(link_dir) / link_name,
+            pty=pty,
+            tcp=tcp,
+            tcp_port=tcp_port,
+            baudrate=baudrate,
+            expected_baud=expected_baud,
+            plan=plan,
+            paced=paced,
+        )
         self.air_address = air_address
         self.air_receive_port = air_receive_port
         self.join_rx_timeout_s = join_rx_timeout_s
@@ -411,7 +505,7 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
             return
         self._join_timer = None
         log.info("emulated %s %s heard no join accept", self.label, self.path)
-        self._port.write(b"+EVT:JOIN_FAILED_RX_TIMEOUT\r\n")
+        self.serial.send(b"+EVT:JOIN_FAILED_RX_TIMEOUT\r\n")
 
     def heard(self, data: bytes) -> None:
         """One datagram from the air: a frame some gateway transmitted."""
@@ -437,7 +531,7 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
         self.joined = True
         self.dev_addr = accept.dev_addr
         log.info("emulated %s %s joined as %08x", self.label, self.path, accept.dev_addr)
-        self._port.write(b"+EVT:JOINED\r\n")
+        self.serial.send(b"+EVT:JOINED\r\n")
 
     def answer(self, line: str) -> bytes | None:
         try:
@@ -453,81 +547,122 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
         reply, status = result
         return reply + format_status(status)
 
-    def _answer(self, request: Request) -> tuple[bytes, Status] | None:
-        # One case per command and form of the RUI3 table that a LoRaWAN module answers.
-        name, form = request.command.name, request.form
-        lorawan = name in ("DEVEUI", "APPEUI", "APPKEY", "BAND", "NJM", "JOIN", "NJS")
-        if lorawan and self.work_mode != 1:
+    def _answer(self, request: Request) -> _Answer | None:
+        name = request.command.name
+        if name in LORAWAN_COMMANDS and self.work_mode != 1:
             return b"", Status.AT_MODE_NO_SUPPORT
-        match (name, form):
-            case ("", "run"):
-                return b"", Status.OK
-            case ("Z", "run"):
-                # RUI3: ATZ answers nothing; the banner follows the restart.
-                self.restart()
-                return None
-            case ("VER", "read"):
-                return format_value("VER", VERSION), Status.OK
-            case ("NWM", "read"):
-                return format_value("NWM", str(self.work_mode)), Status.OK
-            case ("NWM", "set"):
-                (mode,) = parse_values("NWM", request.argument)
-                assert isinstance(mode, int)
-                if mode != self.work_mode:
-                    # A new work mode is applied by restarting, after the OK.
-                    self.work_mode = mode
-                    self._reply(format_status(Status.OK))
-                    self.restart()
-                    return None
-                return b"", Status.OK
-            case ("DEVEUI" | "APPEUI" | "APPKEY", "read"):
-                value = {"DEVEUI": self.dev_eui, "APPEUI": self.join_eui, "APPKEY": self.app_key}
-                return format_value(name, value[name].hex().upper()), Status.OK
-            case ("DEVEUI" | "APPEUI" | "APPKEY", "set"):
-                (raw,) = parse_values(name, request.argument)
-                assert isinstance(raw, bytes)
-                if name == "DEVEUI":
-                    self.dev_eui = raw
-                elif name == "APPEUI":
-                    self.join_eui = raw
-                else:
-                    self.app_key = raw
-                return b"", Status.OK
-            case ("BAND", "read"):
-                return format_value("BAND", str(self.band)), Status.OK
-            case ("BAND", "set"):
-                (band,) = parse_values("BAND", request.argument)
-                assert isinstance(band, int)
-                self.band = band
-                return b"", Status.OK
-            case ("NJM", "read"):
-                return format_value("NJM", str(self.join_mode)), Status.OK
-            case ("NJM", "set"):
-                (mode,) = parse_values("NJM", request.argument)
-                assert isinstance(mode, int)
-                self.join_mode = mode
-                return b"", Status.OK
-            case ("JOIN", "read"):
-                return format_value("JOIN", ":".join(map(str, self._join_params))), Status.OK
-            case ("JOIN", "set" | "run"):
-                if form == "set":
-                    # Every field of the JOIN row is an integer.
-                    values = parse_values("JOIN", request.argument)
-                    join, auto, interval_s, attempts = (int(value) for value in values)
-                    self._join_params = (join, auto, interval_s, attempts)
-                join, _auto, interval_s, attempts = self._join_params
-                if self.join_mode != 1:
-                    # An ABP module has its session already: there is nothing to join.
-                    return b"", Status.AT_ERROR
-                if form == "set" and join == 0:
-                    self._stop_joining()
-                else:
-                    self._start_joining(interval_s, attempts)
-                return b"", Status.OK
-            case ("NJS", "read"):
-                return format_value("NJS", "1" if self.joined else "0"), Status.OK
-            case _:
-                return b"", Status.AT_ERROR
+        handler = _COMMANDS.get((name, request.form))
+        if handler is None:
+            return b"", Status.AT_ERROR
+        return handler(self, request)
+
+    # --- the command table: one handler per command and form --------------------------------
+
+    @_COMMANDS.on(("", "run"))
+    def _at(self, request: Request) -> _Answer | None:
+        return b"", Status.OK
+
+    @_COMMANDS.on(("Z", "run"))
+    def _atz(self, request: Request) -> _Answer | None:
+        # RUI3: ATZ answers nothing; the banner follows the restart.
+        self.restart()
+        return None
+
+    @_COMMANDS.on(("VER", "read"))
+    def _read_version(self, request: Request) -> _Answer | None:
+        return format_value("VER", VERSION), Status.OK
+
+    @_COMMANDS.on(("NWM", "read"))
+    def _read_work_mode(self, request: Request) -> _Answer | None:
+        return format_value("NWM", str(self.work_mode)), Status.OK
+
+    @_COMMANDS.on(("NWM", "set"))
+    def _set_work_mode(self, request: Request) -> _Answer | None:
+        (mode,) = parse_values("NWM", request.argument)
+        assert isinstance(mode, int)
+        if mode != self.work_mode:
+            # A new work mode is applied by restarting, after the OK.
+            self.work_mode = mode
+            self._reply(format_status(Status.OK))
+            self.restart()
+            return None
+        return b"", Status.OK
+
+    def _keys(self) -> dict[str, bytes]:
+        return {"DEVEUI": self.dev_eui, "APPEUI": self.join_eui, "APPKEY": self.app_key}
+
+    @_COMMANDS.on(("DEVEUI", "read"), ("APPEUI", "read"), ("APPKEY", "read"))
+    def _read_key(self, request: Request) -> _Answer | None:
+        name = request.command.name
+        return format_value(name, self._keys()[name].hex().upper()), Status.OK
+
+    @_COMMANDS.on(("DEVEUI", "set"))
+    def _set_dev_eui(self, request: Request) -> _Answer | None:
+        self.dev_eui = self._raw("DEVEUI", request)
+        return b"", Status.OK
+
+    @_COMMANDS.on(("APPEUI", "set"))
+    def _set_join_eui(self, request: Request) -> _Answer | None:
+        self.join_eui = self._raw("APPEUI", request)
+        return b"", Status.OK
+
+    @_COMMANDS.on(("APPKEY", "set"))
+    def _set_app_key(self, request: Request) -> _Answer | None:
+        self.app_key = self._raw("APPKEY", request)
+        return b"", Status.OK
+
+    @staticmethod
+    def _raw(name: str, request: Request) -> bytes:
+        (raw,) = parse_values(name, request.argument)
+        assert isinstance(raw, bytes)
+        return raw
+
+    @_COMMANDS.on(("BAND", "read"))
+    def _read_band(self, request: Request) -> _Answer | None:
+        return format_value("BAND", str(self.band)), Status.OK
+
+    @_COMMANDS.on(("BAND", "set"))
+    def _set_band(self, request: Request) -> _Answer | None:
+        (band,) = parse_values("BAND", request.argument)
+        assert isinstance(band, int)
+        self.band = band
+        return b"", Status.OK
+
+    @_COMMANDS.on(("NJM", "read"))
+    def _read_join_mode(self, request: Request) -> _Answer | None:
+        return format_value("NJM", str(self.join_mode)), Status.OK
+
+    @_COMMANDS.on(("NJM", "set"))
+    def _set_join_mode(self, request: Request) -> _Answer | None:
+        (mode,) = parse_values("NJM", request.argument)
+        assert isinstance(mode, int)
+        self.join_mode = mode
+        return b"", Status.OK
+
+    @_COMMANDS.on(("JOIN", "read"))
+    def _read_join(self, request: Request) -> _Answer | None:
+        return format_value("JOIN", ":".join(map(str, self._join_params))), Status.OK
+
+    @_COMMANDS.on(("JOIN", "set"), ("JOIN", "run"))
+    def _join(self, request: Request) -> _Answer | None:
+        if request.form == "set":
+            # Every field of the JOIN row is an integer.
+            values = parse_values("JOIN", request.argument)
+            join, auto, interval_s, attempts = (int(value) for value in values)
+            self._join_params = (join, auto, interval_s, attempts)
+        join, _auto, interval_s, attempts = self._join_params
+        if self.join_mode != 1:
+            # An ABP module has its session already: there is nothing to join.
+            return b"", Status.AT_ERROR
+        if request.form == "set" and join == 0:
+            self._stop_joining()
+        else:
+            self._start_joining(interval_s, attempts)
+        return b"", Status.OK
+
+    @_COMMANDS.on(("NJS", "read"))
+    def _read_join_status(self, request: Request) -> _Answer | None:
+        return format_value("NJS", "1" if self.joined else "0"), Status.OK
 
 
 class _ModuleAir(asyncio.DatagramProtocol):

@@ -22,10 +22,15 @@ hardware EUI with ``sys get hweui`` and a DevEUI of zeros.
 **Auto-baud** (command reference, "auto-baud detection"): the module starts at 57600 baud
 and follows the host to another rate when it sees a break condition followed by 0x55. The
 emulator reads the host's baud rate from the pty's termios settings (pyserial sets them as it
-would on a USB adapter): bytes sent at another rate than the module's are garbage to it and
-dropped (counted in :attr:`EmulatedRn2483.garbled_bytes`). A pty carries no break signal; a
+would on a USB adapter) when the bytes were written
+(:attr:`owlgate.hil.serial_device.SerialDevice.rx_baud`): bytes sent at another rate than the
+module's are garbage to it and dropped (counted in :attr:`EmulatedRn2483.garbled_bytes`).
+Over ``socket://`` there is no baud rate: every byte is understood. A pty carries no break signal; a
 NUL byte stands for one (a UART reads a break as a NUL with a framing error, and a host sends
 a break portably as a NUL at a low baud rate). A restart returns to 57600.
+
+The commands are one :class:`~owlgate.hil.serial_device.CommandTable` keyed by the command's
+words, ``"*"`` standing for an argument (``("mac", "set", "deveui", "*")``).
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import termios
 from pathlib import Path
 from typing import Final
 
+from .faults import FaultPlan
+from .pty import host_baud as host_baud  # where it was first defined; importers use it
 from .rak3172_lorawan import EmulatedSerialModule
+from .serial_device import CommandTable
 
 log = logging.getLogger(__name__)
 
@@ -50,27 +57,15 @@ DEFAULT_BAUD: Final = 57600
 AUTOBAUD_SYNC: Final = 0x55
 BREAK: Final = 0x00
 
-#: termios speed constants back to bits per second.
-_SPEEDS: Final = {
-    getattr(termios, f"B{rate}"): rate
-    for rate in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
-    if hasattr(termios, f"B{rate}")
-}
-
-
-def host_baud(tty_path: str) -> int | None:
-    """The baud rate the host set on the pty at ``tty_path`` (None if it cannot be read)."""
-    try:
-        fd = os.open(tty_path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        speed = termios.tcgetattr(fd)[5]
-    except termios.error:
-        return None
-    finally:
-        os.close(fd)
-    return _SPEEDS.get(speed)
+#: A command's words, ``"*"`` for each argument.
+_Words = tuple[str, ...]
+#: The commands of the RN2483 command reference this emulator plays; a handler gets the
+#: command's words (arguments included) and returns the reply (None: none now).
+_COMMANDS: CommandTable[_Words, EmulatedRn2483, bytes | None] = CommandTable("RN2483")
+#: The most arguments a command here takes.
+_MAX_ARGUMENTS: Final = 1
+_INVALID: Final = b"invalid_param\r\n"
+_OK: Final = b"ok\r\n"
 
 
 class EmulatedRn2483(EmulatedSerialModule):
@@ -84,8 +79,24 @@ class EmulatedRn2483(EmulatedSerialModule):
         *,
         link_name: str = DEFAULT_LINK_NAME,
         hweui: bytes = FACTORY_HWEUI,
+        pty: bool = True,
+        tcp: bool = False,
+        tcp_port: int = 0,
+        baudrate: int = DEFAULT_BAUD,
+        expected_baud: int | None = None,
+        plan: FaultPlan | None = None,
+        paced: bool = False,
     ) -> None:
-        super().__init__(Path(link_dir) / link_name)
+        super().__init__(
+            Path(link_dir) / link_name,
+            pty=pty,
+            tcp=tcp,
+            tcp_port=tcp_port,
+            baudrate=baudrate,
+            expected_baud=expected_baud,
+            plan=plan,
+            paced=paced,
+        )
         self.hweui = hweui
         #: The rate the module listens and answers at now.
         self.baud = DEFAULT_BAUD
@@ -107,9 +118,9 @@ class EmulatedRn2483(EmulatedSerialModule):
     # --- bytes and baud -----------------------------------------------------------------------
 
     def on_bytes(self, data: bytes) -> None:
-        # termios is read once per chunk: a host changes its rate between writes, not within.
-        tty_path = self.tty_path
-        rate = host_baud(tty_path) if tty_path is not None else None
+        # The rate the host wrote these bytes at (termios, read per write): a host changes its
+        # rate between writes, not within.
+        rate = self.serial.rx_baud
         understood = bytearray()
         for byte in data:
             if byte == BREAK:
@@ -134,8 +145,7 @@ class EmulatedRn2483(EmulatedSerialModule):
             self.take(bytes(understood))
 
     def _host_listens(self) -> bool:
-        tty_path = self.tty_path
-        rate = host_baud(tty_path) if tty_path is not None else None
+        rate = self.serial.host_rate()
         return rate is None or rate == self.baud
 
     # --- commands -----------------------------------------------------------------------------
@@ -153,36 +163,63 @@ class EmulatedRn2483(EmulatedSerialModule):
 
     def answer(self, line: str) -> bytes | None:
         if not line.endswith("\r\n"):
-            return b"invalid_param\r\n"
-        words = line[:-2].split(" ")
-        match words:
-            case ["sys", "get", "ver"]:
-                return f"{VERSION}\r\n".encode()
-            case ["sys", "get", "hweui"]:
-                return f"{self.hweui.hex().upper()}\r\n".encode()
-            case ["sys", "reset"]:
-                self.restart()
-                return None
-            case ["mac", "reset", band] if band in ("868", "433"):
-                self.band = int(band)
-                self.settings = {"deveui": bytes(8), "appeui": bytes(8), "appkey": bytes(16)}
-                return b"ok\r\n"
-            case ["mac", "set", ("deveui" | "appeui" | "appkey") as name, value]:
-                size = 16 if name == "appkey" else 8
-                raw = _hex(value, size)
-                if raw is None:
-                    return b"invalid_param\r\n"
-                self.settings[name] = raw
-                return b"ok\r\n"
-            case ["mac", "get", ("deveui" | "appeui") as name]:
-                return f"{self.settings[name].hex().upper()}\r\n".encode()
-            case ["mac", "get", "band"]:
-                return f"{self.band}\r\n".encode()
-            case ["mac", "save"]:
-                self.saved = dict(self.settings)
-                return b"ok\r\n"
-            case _:
-                return b"invalid_param\r\n"
+            return _INVALID
+        words = tuple(line[:-2].split(" "))
+        # The longest command first: "mac set deveui X" is ("mac", "set", "deveui", "*").
+        for count in range(min(_MAX_ARGUMENTS, len(words) - 1), -1, -1):
+            key = words[: len(words) - count] + ("*",) * count
+            handler = _COMMANDS.get(key)
+            if handler is not None:
+                return handler(self, words)
+        return _INVALID
+
+    # --- the command table --------------------------------------------------------------------
+
+    @_COMMANDS.on(("sys", "get", "ver"))
+    def _version(self, words: _Words) -> bytes | None:
+        return f"{VERSION}\r\n".encode()
+
+    @_COMMANDS.on(("sys", "get", "hweui"))
+    def _hweui(self, words: _Words) -> bytes | None:
+        return f"{self.hweui.hex().upper()}\r\n".encode()
+
+    @_COMMANDS.on(("sys", "reset"))
+    def _reset(self, words: _Words) -> bytes | None:
+        self.restart()
+        return None
+
+    @_COMMANDS.on(("mac", "reset", "*"))
+    def _mac_reset(self, words: _Words) -> bytes | None:
+        band = words[2]
+        if band not in ("868", "433"):
+            return _INVALID
+        self.band = int(band)
+        self.settings = {"deveui": bytes(8), "appeui": bytes(8), "appkey": bytes(16)}
+        return _OK
+
+    @_COMMANDS.on(
+        ("mac", "set", "deveui", "*"), ("mac", "set", "appeui", "*"), ("mac", "set", "appkey", "*")
+    )
+    def _mac_set(self, words: _Words) -> bytes | None:
+        _, _, name, value = words
+        raw = _hex(value, 16 if name == "appkey" else 8)
+        if raw is None:
+            return _INVALID
+        self.settings[name] = raw
+        return _OK
+
+    @_COMMANDS.on(("mac", "get", "deveui"), ("mac", "get", "appeui"))
+    def _mac_get(self, words: _Words) -> bytes | None:
+        return f"{self.settings[words[2]].hex().upper()}\r\n".encode()
+
+    @_COMMANDS.on(("mac", "get", "band"))
+    def _mac_get_band(self, words: _Words) -> bytes | None:
+        return f"{self.band}\r\n".encode()
+
+    @_COMMANDS.on(("mac", "save"))
+    def _mac_save(self, words: _Words) -> bytes | None:
+        self.saved = dict(self.settings)
+        return _OK
 
 
 def _hex(text: str, size: int) -> bytes | None:

@@ -9,8 +9,13 @@ shared RS-485 pair; the addressed node answers. Test hooks add readings, silence
 corrupt its next answer, make it repeat a stale answer, unplug and replug the line, and tell
 what each node has been acknowledged and which settings it applied.
 
-It runs in the caller's asyncio loop on a :class:`owlgate.hil.pty.PtyPort`, as
-:mod:`owlgate.hil.concentrator` does.
+It runs in the caller's asyncio loop on a :class:`owlgate.hil.serial_device.SerialDevice`
+(:attr:`EmulatedWiredBus.serial`), as :mod:`owlgate.hil.concentrator` does: the pty path
+and/or a ``socket://`` port (``tcp=True``, :attr:`~EmulatedWiredBus.url`), optionally paced at
+the host's baud rate, with a :class:`~owlgate.hil.faults.FaultPlan`
+(:attr:`~EmulatedWiredBus.plan`) on both directions; the test hooks' line faults (a corrupted
+answer, line noise) are logged in the plan's log too. The requests are answered by the node
+code itself (:meth:`owlgate.codecs.node.wired.WiredNode.handle`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from typing import Final, Self
 
 from ..codecs.node.framing import DELIMITER, FrameDecoder, cobs_encode, crc16, encode_frame
 from ..codecs.node.wired import Readings, WiredNode, decode_message, encode_message
-from .pty import AsyncLifecycle, PtyPort
+from .faults import FaultKind, FaultPlan
+from .pty import AsyncLifecycle
+from .serial_device import BytesHandler, SerialDevice
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +57,45 @@ class EmulatedWiredBus(AsyncLifecycle):
 
     Add nodes with :meth:`add_node` (before or after :meth:`start`); reach each one's node
     side with :meth:`node` (``node(7).add_reading({...})``).
+
+    The line: ``pty`` (the path, default) and/or ``tcp`` (``tcp_port``, 0 for a free one);
+    ``paced`` paces it at the host's pty rate or ``baudrate`` (off by default: an answer still
+    on the line when a host closes the pty reaches the next host that opens it, which the
+    edge's bus tests do not expect, see ``docs/hil-devices.md``); ``expected_baud`` refuses a
+    host at another rate; ``plan`` the faults on both directions.
     """
 
-    def __init__(self, link_dir: str | os.PathLike[str], *, link_name: str = DEFAULT_LINK_NAME):
+    def __init__(
+        self,
+        link_dir: str | os.PathLike[str],
+        *,
+        link_name: str = DEFAULT_LINK_NAME,
+        pty: bool = True,
+        tcp: bool = False,
+        tcp_port: int = 0,
+        baudrate: int = 115200,
+        expected_baud: int | None = None,
+        plan: FaultPlan | None = None,
+        paced: bool = False,
+    ):
         self.path = Path(link_dir) / link_name
         self._nodes: dict[int, _Emulated] = {}
         self._decoder = FrameDecoder()
-        self._port = PtyPort(
-            self.path,
+        #: The transport: pty and/or TCP, pacing, faults.
+        self.serial = SerialDevice(
+            lambda send: BytesHandler(self._on_bytes),
+            pty_path=self.path if pty else None,
+            tcp=tcp,
+            tcp_port=tcp_port,
+            baudrate=baudrate,
+            expected_baud=expected_baud,
+            plan=plan,
+            paced=paced,
             label=f"emulated wired bus {self.path}",
-            on_bytes=self._on_bytes,
             on_dropped=self._count_dropped,
         )
+        #: The faults on the line, and the log of every fault applied or injected.
+        self.plan = self.serial.plan
         self._changed = asyncio.Event()
         self._request_count = 0
         #: Answers that could not be written because the line was unplugged (or a write failed).
@@ -125,7 +159,7 @@ class EmulatedWiredBus(AsyncLifecycle):
 
     def inject_garbage(self, size: int = 16) -> None:
         """Line noise: ``size`` non-zero bytes between two delimiters, one bad frame."""
-        self._port.write(DELIMITER + bytes(range(1, size + 1)) + DELIMITER)
+        self._write_fault(DELIMITER + bytes(range(1, size + 1)) + DELIMITER, "insert", "noise")
 
     def acked(self, address: int) -> int:
         """The highest sequence number the host has acknowledged to that node."""
@@ -171,18 +205,30 @@ class EmulatedWiredBus(AsyncLifecycle):
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> Self:
-        """Create the pty and the symlink, and start answering."""
-        self._open()
+        """Create the pty and the symlink and/or the TCP port, and start answering."""
+        self._decoder.reset()
+        await self.serial.start()
+        self._opened()
         return self
 
     async def close(self) -> None:
-        """Close the pty and remove the symlink (idempotent)."""
-        self._port.close()
+        """Close the pty and remove the symlink, close the TCP port (idempotent)."""
+        await self.serial.close()
 
     @property
     def plugged(self) -> bool:
-        """Whether the pty is there."""
-        return self._port.is_open
+        """Whether the port is there."""
+        return self.serial.plugged
+
+    @property
+    def tty_path(self) -> str | None:
+        """The pty's own path (``/dev/pts/N``) now, None while unplugged."""
+        return self.serial.tty_path
+
+    @property
+    def url(self) -> str:
+        """The ``socket://127.0.0.1:PORT`` URL of the TCP side (``tcp=True`` only)."""
+        return self.serial.url
 
     @property
     def link_errors(self) -> int:
@@ -194,16 +240,17 @@ class EmulatedWiredBus(AsyncLifecycle):
         """The adapter is pulled: the pty closes (the host's reads fail), the path is gone.
         The nodes keep their readings, as powered nodes on a cut line would."""
         log.info("emulated wired bus %s unplugged", self.path)
-        self._port.close()
+        self.serial.unplug_now()
 
     def replug(self) -> None:
-        """Plugged back in: a new pty behind the same path."""
-        self._open()
-
-    def _open(self) -> None:
+        """Plugged back in: a new pty behind the same path (the TCP port listens again)."""
+        self.serial.unplug_now()
         self._decoder.reset()
-        self._port.open()
-        log.info("emulated wired bus on %s (%s)", self.path, self._port.tty_path)
+        self.serial.replug_now()
+        self._opened()
+
+    def _opened(self) -> None:
+        log.info("emulated wired bus on %s (%s)", self.path, self.serial.tty_path)
 
     # --- the bus ------------------------------------------------------------------------------
 
@@ -244,12 +291,21 @@ class EmulatedWiredBus(AsyncLifecycle):
         if emulated.garble_next:
             emulated.garble_next = False
             reply = b"\xa1\x01\x02"  # a CBOR map {1: 2}: well-formed, but no message
+            if not emulated.corrupt_next:
+                self._write_fault(encode_frame(reply), "corrupt", "answer garbled, good CRC")
+                return
         if emulated.corrupt_next:
             emulated.corrupt_next = False
             wrong = crc16(reply) ^ 0x0001
-            self._port.write(DELIMITER + cobs_encode(reply + wrong.to_bytes(2, "big")) + DELIMITER)
+            frame = DELIMITER + cobs_encode(reply + wrong.to_bytes(2, "big")) + DELIMITER
+            self._write_fault(frame, "corrupt", "answer with a wrong CRC")
             return
-        self._port.write(encode_frame(reply))
+        self.serial.send(encode_frame(reply))
+
+    def _write_fault(self, data: bytes, kind: FaultKind, detail: str) -> None:
+        # A test hook's bytes: logged with the plan's faults, then sent as any answer is.
+        self.plan.log.record("to_host", kind, self.plan.position("to_host"), data, detail)
+        self.serial.send(data)
 
     def _count_dropped(self) -> None:
         self.link_dropped += 1
