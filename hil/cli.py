@@ -210,3 +210,95 @@ def gateway(
         f"generated {len(run.readings)} readings, {run.joins} joins; {run.relayed} uplinks "
         f"also sent to neighbours, {run.heard} heard from neighbours; {hostile} bad inputs"
     )
+
+
+@hil_command.command("run")
+def run(
+    scenario: Annotated[
+        str, typer.Argument(help="a scenario file, or the name of a shipped one (bielefeld)")
+    ],
+    speed: Annotated[
+        float,
+        typer.Option(
+            "--speed", min=0.01, help="simulated seconds per wall second (288: a day in 5 minutes)"
+        ),
+    ] = 60.0,
+    duration: Annotated[
+        str | None,
+        typer.Option("--duration", help="simulate this long instead (90s, 15m, 2h, 1d)"),
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            "--workdir",
+            help="folder for the fleet, the agents, logs and the report [a new temporary folder]",
+        ),
+    ] = None,
+    broker: Annotated[
+        str,
+        typer.Option("--broker", help="embedded (the fleet's) or mosquitto (started here)"),
+    ] = "embedded",
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="placement, traffic and keys [the scenario's]")
+    ] = None,
+    otaa_every: Annotated[
+        int, typer.Option("--otaa-every", min=0, help="every N-th sensor joins by OTAA; 0: none")
+    ] = 10,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="write the PNG plots")] = True,
+) -> None:
+    """Run a scenario against real edge agents and a real fleet, faster than real time, and
+    write a report (report.md, report.json, PNG plots) into the work folder. Exit code 1 if
+    a frame was lost for no reason the run can name."""
+    import tempfile
+
+    from .report import write_report as write_run_report
+    from .run import RunFailed, RunSettings, resolve_scenario, run_scenario
+    from .scenario import ScenarioError, parse_duration
+
+    console = Console()
+    if broker not in ("embedded", "mosquitto"):
+        typer.echo(f"error: --broker must be embedded or mosquitto, got {broker!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        duration_s = None if duration is None else parse_duration(duration)
+    except ValueError as err:
+        typer.echo(f"error: --duration: {err}", err=True)
+        raise typer.Exit(2) from err
+    folder = workdir or Path(tempfile.mkdtemp(prefix="owlgate-hil-run-"))
+    try:
+        settings = RunSettings(
+            scenario=resolve_scenario(scenario),
+            workdir=folder,
+            speed=speed,
+            duration_s=duration_s,
+            broker="mosquitto" if broker == "mosquitto" else "embedded",
+            seed=seed,
+            otaa_every=otaa_every,
+            plots=plots,
+        )
+        result = asyncio.run(run_scenario(settings, say=lambda line: console.print(line)))
+    except (RunFailed, ScenarioError) as err:
+        typer.echo(f"error: {err.message}", err=True)
+        raise typer.Exit(2) from err
+    except KeyboardInterrupt as err:
+        typer.echo("interrupted: every process was stopped", err=True)
+        raise typer.Exit(130) from err
+    report = write_run_report(result, folder / "report")
+    totals, latency = report["totals"], report["latency_s"]
+    table = Table(title=f"scenario {report['scenario']['name']}", title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("simulated / wall", f"{result.duration_s:.0f} s / {result.wall_s:.1f} s")
+    table.add_row("frames sent", str(totals["frames_sent"]))
+    table.add_row("frames stored", str(totals["frames_stored"]))
+    delivery = totals["delivery"]
+    table.add_row("delivery", "-" if delivery is None else f"{delivery * 100:.2f} %")
+    table.add_row("latency p50 / p99", f"{latency['p50']} s / {latency['p99']} s")
+    for cause, count in totals["lost_by_cause"].items():
+        table.add_row(f"lost: {cause}", str(count))
+    table.add_row("alerts raised", str(len(report["alerts"])))
+    console.print(table)
+    console.print(f"report: {folder / 'report' / 'report.md'}")
+    if totals["unexplained"]:
+        console.print(f"[red]{totals['unexplained']} frames lost for no known reason[/]")
+        raise typer.Exit(1)

@@ -62,9 +62,18 @@ class ProcessFailed(OwlgateError):
 class ChildProcess:
     """A child process with its output copied to a log file and watched for patterns."""
 
-    def __init__(self, name: str, args: list[str], log_path: Path, *, stdin: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        log_path: Path,
+        *,
+        stdin: bool = False,
+        append: bool = False,
+    ) -> None:
         self.name = name
-        self.log: IO[str] = log_path.open("w")
+        # append: a restarted process (after a power cut, say) keeps the earlier log.
+        self.log: IO[str] = log_path.open("a" if append else "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", MODULE, *args],
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
