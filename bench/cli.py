@@ -21,6 +21,7 @@ from . import (
     edge_bench,
     fleet_bench,
     hil_bench,
+    hil_run_bench,
     offline_bench,
     ota_bench,
     provision_bench,
@@ -39,6 +40,7 @@ SUITES = {
     "ota": ota_bench.run,
     "provision": provision_bench.run,
     "hil": hil_bench.run,
+    "hil-run": hil_run_bench.run,
 }
 
 bench_command = typer.Typer(

@@ -204,6 +204,7 @@ def build_report(result: RunResult) -> dict[str, Any]:
             "simulated_s": result.duration_s,
             "speed": result.speed,
             "wall_s": round(result.wall_s, 3),
+            "drain_s": round(result.drain_s, 3),
             "achieved_speed": round(result.duration_s / result.wall_s, 1)
             if result.wall_s
             else None,

@@ -312,7 +312,10 @@ class RunResult:
     scenario: Scenario
     settings: RunSettings
     duration_s: float
+    #: Wall seconds of the simulated run, and of the drain after it (until the fleet had
+    #: stored what the agents held).
     wall_s: float
+    drain_s: float
     gateways: dict[str, str]
     sensors: dict[str, str]
     profiles: dict[str, str]
@@ -789,7 +792,9 @@ class ScenarioRun:
                 await self._loop(http)
                 run_wall = time.monotonic() - run_started
                 self.say(f"simulated {_clock(self.duration_s)} in {run_wall:.1f} s; draining")
+                drain_started = time.monotonic()
                 await self._drain(http)
+                drain_s = time.monotonic() - drain_started
                 stored = await self._collect(http, [entry["dev_eui"] for entry in sensors.values()])
                 alerts = await _all_pages(http, "/api/v1/alerts")
             statuses = await self._stop_all()
@@ -802,6 +807,7 @@ class ScenarioRun:
             settings=self.settings,
             duration_s=self.duration_s,
             wall_s=run_wall,
+            drain_s=drain_s,
             gateways={name: slot.gateway_id for name, slot in self.slots.items()},
             sensors={sid: entry["dev_eui"] for sid, entry in sensors.items()},
             profiles={sid: entry["profile_id"] for sid, entry in sensors.items()},
