@@ -24,6 +24,7 @@ the uplink's stamp + 1 s) is sent when the host clock gets there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -81,6 +82,10 @@ BUSY_ATTEMPTS: Final = 5
 BUSY_BACKOFF_S: Final = 0.05
 #: After AT+NWM changes the work mode the module restarts; its banner must come within this.
 RESTART_TIMEOUT_S: Final = 5.0
+#: A restarting module prints its banner over several lines (at 115200 baud they take a few
+#: milliseconds each): the host waits until no banner line came for this long before its
+#: ``AT``, or it would take the later lines as more restarts during that ``AT``.
+BANNER_QUIET_S: Final = 0.15
 #: While receiving, the module is asked ``AT`` this often; no answer means it hung or
 #: restarted without a banner, and it is configured again.
 KEEPALIVE_INTERVAL_S: Final = 30.0
@@ -239,6 +244,9 @@ class Rak3172Backend(LinkOwner[RadioStatus], RadioBackend):
         self._pending: _Pending | None = None
         self._tx_done: asyncio.Future[None] | None = None
         self._restart_seen = asyncio.Event()
+        #: The loop time of the latest banner line (a restart in progress prints several).
+        self._last_banner_at = float("-inf")
+        self._banner_line = asyncio.Event()
         self._receive_lost = asyncio.Event()
         self._token = 0
         self._writer: asyncio.StreamWriter | None = None
@@ -485,7 +493,18 @@ class Rak3172Backend(LinkOwner[RadioStatus], RadioBackend):
         # Uplinks travel with IQ not inverted (LoRaWAN 1.0.3 section 3.2, "the uplink").
         await self._execute(encode_set("IQINVER", 0))
 
+    async def _banner_done(self) -> None:
+        """Return once the last banner line is BANNER_QUIET_S old (at once without one)."""
+        loop = asyncio.get_running_loop()
+        while (left := self._last_banner_at + BANNER_QUIET_S - loop.time()) > 0:
+            # Woken by each banner line, to start the quiet period again from it.
+            self._banner_line.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._banner_line.wait()
+
     async def _attention(self) -> None:
+        await self._banner_done()
         # A module that just booted may miss the first line: a few tries.
         for attempt in range(1, _AT_ATTEMPTS + 1):
             try:
@@ -702,6 +721,8 @@ class Rak3172Backend(LinkOwner[RadioStatus], RadioBackend):
             case RxTimeout():
                 self._receive_lost.set()
             case Banner(text=text):
+                self._last_banner_at = asyncio.get_running_loop().time()
+                self._banner_line.set()
                 if not self._restart_seen.is_set():
                     log.info("RAK3172 on %s restarted: %s", self._port, text)
                 self._restart_seen.set()

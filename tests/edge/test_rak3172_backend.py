@@ -51,13 +51,17 @@ def run(
     *,
     style: FirmwareStyle = "3.2",
     work_mode: int = 1,
+    paced: bool = False,
     **overrides: float,
 ) -> EmulatedRak3172:
-    """Run ``scenario`` with an emulated module and a connected backend on it."""
+    """Run ``scenario`` with an emulated module and a connected backend on it; ``paced``:
+    the module's bytes arrive at 115200 baud, as over a real cable."""
     holder: list[EmulatedRak3172] = []
 
     async def main() -> None:
-        async with EmulatedRak3172(tmp_path, firmware_style=style, work_mode=work_mode) as module:
+        async with EmulatedRak3172(
+            tmp_path, firmware_style=style, work_mode=work_mode, paced=paced
+        ) as module:
             holder.append(module)
             radio = backend(str(module.path), **overrides)
             async with radio:
@@ -112,7 +116,8 @@ def test_bad_settings_are_refused_at_construction() -> None:
         Rak3172Backend("/dev/null", frequency_hz=FREQUENCY_HZ, spreading_factor=7, tx_power_dbm=30)
 
 
-def test_configuration_switches_to_p2p_and_receives(tmp_path: Path) -> None:
+@pytest.mark.parametrize("paced", [False, True], ids=["instant", "paced"])
+def test_configuration_switches_to_p2p_and_receives(tmp_path: Path, paced: bool) -> None:
     async def scenario(module: EmulatedRak3172, radio: Rak3172Backend) -> None:
         # From LoRaWAN mode: NWM read, set, the module restarted, then the P2P settings.
         assert module.work_mode == 0
@@ -124,7 +129,9 @@ def test_configuration_switches_to_p2p_and_receives(tmp_path: Path) -> None:
         assert radio.counters.reconnects == 0
         assert radio.restarts == 0
 
-    module = run(tmp_path, scenario)
+    # Paced, the restart banner's lines arrive milliseconds apart: the backend must wait for
+    # the last one before its AT, or it takes the rest for more restarts.
+    module = run(tmp_path, scenario, paced=paced)
     assert module.commands[:4] == ["AT", "AT+NWM=?", "AT+NWM=0", "AT"]
     assert module.commands[4:] == [
         "AT+VER=?",
