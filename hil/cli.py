@@ -252,7 +252,7 @@ def run(
     import tempfile
 
     from .report import write_report as write_run_report
-    from .run import RunFailed, RunSettings, resolve_scenario, run_scenario
+    from .run import RunFailed, RunSettings, RunStopped, resolve_scenario, run_scenario
     from .scenario import ScenarioError, parse_duration
 
     console = Console()
@@ -277,6 +277,9 @@ def run(
             plots=plots,
         )
         result = asyncio.run(run_scenario(settings, say=lambda line: console.print(line)))
+    except RunStopped as err:
+        typer.echo(err.message, err=True)
+        raise typer.Exit(143) from err
     except (RunFailed, ScenarioError) as err:
         typer.echo(f"error: {err.message}", err=True)
         raise typer.Exit(2) from err

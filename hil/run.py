@@ -891,11 +891,33 @@ def _clock(sim_s: float) -> str:
     return f"{days}+{hours:02d}:{minutes:02d}:{seconds:02d}"
 
 
+class RunStopped(RunFailed):
+    """SIGTERM stopped the run; every process it started was stopped first."""
+
+
 async def run_scenario(settings: RunSettings, *, say: Callable[[str], None] = print) -> RunResult:
-    """Run ``settings.scenario`` (see the module text)."""
+    """Run ``settings.scenario`` (see the module text). SIGTERM (and Ctrl-C) stop it cleanly:
+    the agents, the fleet and the broker are stopped before it returns."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
     try:
         return await ScenarioRun(settings, say=say).run()
+    except asyncio.CancelledError:
+        if terminated:
+            raise RunStopped("stopped by SIGTERM; every process of the run was stopped") from None
+        raise
     except OwlgateError:
         raise
     except OSError as err:
         raise RunFailed(f"the run failed: {err}") from err
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -137,6 +138,43 @@ def test_a_power_cut_and_an_outage_are_on_the_timeline_and_account_for_every_los
     subjects = {(a["kind"], a["subject"]) for a in report["alerts"]}
     assert any(gateways["gw-a"]["id"] in subject for _, subject in subjects), report["alerts"]
     assert not (tmp_path / "run" / "report" / "traffic.png").exists()
+
+
+def test_sigterm_stops_the_run_and_every_process_it_started(tmp_path: Path) -> None:
+    workdir = tmp_path / "run"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "owlgate.codecs.cli", "hil", "run", "parking-street",
+         "--speed", "10", "--workdir", str(workdir), "--no-plots"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert runner.stdout is not None
+    for line in runner.stdout:
+        if "every agent ready" in line:
+            break
+    children = _processes_under(workdir)
+    assert len(children) >= 3  # the fleet and two agents
+    runner.send_signal(signal.SIGTERM)
+    _, err = runner.communicate(timeout=60)
+    assert runner.returncode == 143, err
+    assert "stopped by SIGTERM" in err
+    assert _processes_under(workdir) == []
+    assert not (workdir / "report").exists()
+
+
+def _processes_under(workdir: Path) -> list[int]:
+    """Processes whose command line names ``workdir`` (the fleet and the agents)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(workdir) in command and "hil run" not in command.replace("  ", " "):
+            found.append(int(entry.name))
+    return found
 
 
 def test_scenario_names_and_settings_are_checked(tmp_path: Path) -> None:
