@@ -110,6 +110,8 @@ class ControlCounters:
     the methods, which hold a lock."""
 
     joins_accepted: int = 0
+    #: Copies of a join request another gateway forwarded first (dropped, not answered).
+    join_duplicates: int = 0
     session_updates: int = 0
     sessions_sent: int = 0
     onlines: int = 0
@@ -131,6 +133,10 @@ class ControlCounters:
     def accepted(self) -> None:
         with self._lock:
             self.joins_accepted += 1
+
+    def duplicate(self) -> None:
+        with self._lock:
+            self.join_duplicates += 1
 
     def sent(self, updates: int, sessions: int) -> None:
         with self._lock:
@@ -155,6 +161,7 @@ class ControlCounters:
     def as_dict(self) -> dict[str, object]:
         return {
             "joins_accepted": self.joins_accepted,
+            "join_duplicates": self.join_duplicates,
             "session_updates": self.session_updates,
             "sessions_sent": self.sessions_sent,
             "onlines": self.onlines,
@@ -164,6 +171,14 @@ class ControlCounters:
             "refused": dict(self.refused),
             "rejected": dict(self.rejected),
         }
+
+
+#: A join request's copies from other gateways arrive within this; a device's next request
+#: carries a new DevNonce (LoRaWAN 1.0.4 section 6.2.5), and a replay after the window goes
+#: to the join server, which refuses it as a reused DevNonce.
+JOIN_DUPLICATE_WINDOW_S: Final = 10.0
+#: Join requests remembered for that at most (a flood must not grow memory).
+MAX_RECENT_JOINS: Final = 100_000
 
 
 class ControlRejected(OwlgateError):
@@ -233,6 +248,9 @@ class Control:
         self.clock = clock
         self.counters = ControlCounters()
         self._signing_key = signing_key
+        # Join requests answered lately, by PHYPayload: the time and the gateway.
+        self._recent_joins: dict[bytes, tuple[float, str]] = {}
+        self._recent_lock = threading.Lock()
 
     def handle(self, topic: str, payload: bytes) -> list[Outgoing]:
         """The messages answering one message; :class:`ControlRejected` (already counted and
@@ -279,11 +297,40 @@ class Control:
             forward: JoinForward = decode_join_forward(content)
         except OwlgateError as err:
             raise ControlRejected("malformed", f"join from gateway {gateway}: {err}") from err
+        now = self.clock()
+        first = self._answered_lately(forward.phy_payload, now)
+        if first is not None and first != gateway:
+            # In a city several gateways hear each join request: the first copy is answered
+            # (through the gateway that forwarded it), the others only cost a signature check.
+            # The same gateway forwarding it again is a replay, for the join server to refuse.
+            self.counters.duplicate()
+            log.debug("join via %s: a copy of the request %s forwarded first", gateway, first)
+            return []
+        # Remembered once answered (accepted or refused), not when the database failed: then
+        # the next copy gets its chance.
+        out = self._answer_join(gateway, forward, now)
+        with self._recent_lock:
+            self._recent_joins[forward.phy_payload] = (now, gateway)
+        return out
+
+    def _answered_lately(self, phy: bytes, now: float) -> str | None:
+        """The gateway whose copy of the join request ``phy`` was handled less than
+        JOIN_DUPLICATE_WINDOW_S ago, else None (forgetting what is older)."""
+        with self._recent_lock:
+            recent = self._recent_joins
+            while recent:
+                oldest = next(iter(recent))
+                at, _ = recent[oldest]
+                if now - at < JOIN_DUPLICATE_WINDOW_S and len(recent) <= MAX_RECENT_JOINS:
+                    break
+                del recent[oldest]
+            found = recent.get(phy)
+        return None if found is None else found[1]
+
+    def _answer_join(self, gateway: str, forward: JoinForward, now: float) -> list[Outgoing]:
         gateways = self._gateway_ids()
         try:
-            result = self.join_server.join(
-                forward.phy_payload, at=self.clock(), gateway_ids=gateways
-            )
+            result = self.join_server.join(forward.phy_payload, at=now, gateway_ids=gateways)
         except JoinError as err:
             reason = _refusal(err)
             self.counters.refuse(reason)

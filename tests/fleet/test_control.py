@@ -46,6 +46,7 @@ from owlgate.fleet.cli import (
     fleet_command,
 )
 from owlgate.fleet.control import (
+    JOIN_DUPLICATE_WINDOW_S,
     MAX_SESSIONS_PER_UPDATE,
     Control,
     ControlRejected,
@@ -249,7 +250,9 @@ def test_a_refused_join_is_answered_with_the_reason(
     first = forwarded(identities[GW1], 1, join_request(0x0042))
     assert len(control.handle(topic(GW1, "join"), first)) == 2
     if case == "replayed DevNonce":
-        # The same request heard again, forwarded by the other gateway this time.
+        # The same request again, forwarded by the other gateway, once the window in which it
+        # would count as that gateway's copy of the first has passed: a replay.
+        control.clock = lambda: T0 + 10 + JOIN_DUPLICATE_WINDOW_S + 1
         message = forwarded(identities[GW2], 9, join_request(0x0042))
     elif case == "wrong AppKey":
         message = forwarded(identities[GW2], 9, join_request(0x0043, key=AesKey(bytes(16))))
@@ -569,3 +572,29 @@ def test_fleet_serve_answers_a_seeded_gateway_with_its_pinned_key(tmp_path: Path
     assert joined.dev_eui.hex() == otaa["dev_eui"]
     assert joined.dev_addr == accept.dev_addr
     assert joined.nwk_s_key == accept.session_keys(app_key, 9).nwk_s_key
+
+
+def test_copies_of_a_join_from_other_gateways_are_dropped_and_a_late_replay_refused(
+    control: Control,
+    fleet_key: Ed25519PrivateKey,
+    identities: dict[str, Ed25519PrivateKey],
+) -> None:
+    request = join_request(0x4242)
+    first = control.handle(topic(GW1, "join"), forwarded(identities[GW1], 1, request))
+    assert answer_of(first[0], fleet_key).accepted
+    # Heard by the second gateway too: that copy is not answered, and only counted.
+    assert control.handle(topic(GW2, "join"), forwarded(identities[GW2], 9, request)) == []
+    assert control.counters.join_duplicates == 1
+    assert control.counters.joins_accepted == 1
+    # The first gateway sending it again is a replay, refused by the join server.
+    replay = control.handle(topic(GW1, "join"), forwarded(identities[GW1], 2, request))
+    assert answer_of(replay[0], fleet_key).refusal == "dev_nonce_reused"
+    # A forged copy is still refused for its signature, not taken for a duplicate.
+    with pytest.raises(ControlRejected) as caught:
+        control.handle(topic(GW2, "join"), forwarded(identities[GW1], 9, request))
+    assert caught.value.reason == "signature"
+    # Past the window, the same request is a replay the join server refuses.
+    control.clock = lambda: T0 + JOIN_DUPLICATE_WINDOW_S + 60
+    late = control.handle(topic(GW2, "join"), forwarded(identities[GW2], 3, request))
+    assert answer_of(late[0], fleet_key).refusal == "dev_nonce_reused"
+    assert control.counters.join_duplicates == 1
