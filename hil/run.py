@@ -87,8 +87,11 @@ log = logging.getLogger(__name__)
 
 BrokerKind = Literal["embedded", "mosquitto"]
 
-#: How long an agent may take to say it is ready (radio configured, sessions in).
+#: How long an agent may take to say it is ready (radio configured, sessions in), plus as
+#: much per gateway: the fleet seals every device session for every gateway that comes online
+#: (100 gateways of the Bielefeld scenario: 9,000 sessions each, four minutes in all).
 READY_TIMEOUT_S: Final = 120.0
+READY_PER_GATEWAY_S: Final = 4.0
 #: The wall-clock tick of the run loop.
 TICK_S: Final = 0.02
 #: Health and progress samples, wall seconds apart.
@@ -107,6 +110,9 @@ PAGE_LIMIT: Final = 1000
 #: API requests in flight at once while collecting.
 FETCH_CONCURRENCY: Final = 8
 LOOPBACK: Final = "127.0.0.1"
+#: More gateways than this connecting at once overwhelm the embedded broker (amqtt 0.12: its
+#: broadcast task ends with "dictionary changed size during iteration").
+EMBEDDED_BROKER_GATEWAYS: Final = 20
 #: Wall seconds a device waits for a join accept before it tries again: RX2 of a join opens
 #: 6 s after the request (JOIN_ACCEPT_DELAY2), plus the agent's and the fleet's time.
 JOIN_ACCEPT_WAIT_WALL_S: Final = 8.0
@@ -452,6 +458,12 @@ class ScenarioRun:
             self.broker_target = (LOOPBACK, self.mosquitto.port)
             args += ["--broker", self.mosquitto.url]
         self._fleet_args = args
+        if self.mosquitto is None and len(self.expanded.gateways) > EMBEDDED_BROKER_GATEWAYS:
+            self.say(
+                f"note: {len(self.expanded.gateways)} gateways on the embedded broker; above "
+                f"{EMBEDDED_BROKER_GATEWAYS} use --broker mosquitto (amqtt 0.12 loses its "
+                "message broadcast when a hundred clients connect at once)"
+            )
         await asyncio.to_thread(self._start_fleet)
         heartbeat_s = max(1, round(HEARTBEAT_S / self.settings.speed))
         for index, (placed, entry) in enumerate(
@@ -478,9 +490,10 @@ class ScenarioRun:
             self.slots[name] = slot
             self._start_edge(slot)
         self.say(f"{len(self.slots)} gateways starting; fleet API {self.api}")
+        ready_timeout_s = READY_TIMEOUT_S + READY_PER_GATEWAY_S * len(self.slots)
         await asyncio.gather(
             *(
-                asyncio.to_thread(slot.edge.expect, r"ready: ", READY_TIMEOUT_S)
+                asyncio.to_thread(slot.edge.expect, r"ready: ", ready_timeout_s)
                 for slot in self.slots.values()
                 if slot.edge is not None
             )
@@ -736,10 +749,10 @@ class ScenarioRun:
         return stored
 
     async def _stop_all(self) -> dict[str, dict[str, Any]]:
+        edges = [slot.edge for slot in self.slots.values() if slot.edge is not None]
+        await _stop_together(edges)
         statuses: dict[str, dict[str, Any]] = {}
         for slot in self.slots.values():
-            if slot.edge is not None:
-                await asyncio.to_thread(slot.edge.stop)
             status = slot.folder / "state" / "status.json"
             with contextlib.suppress(OSError, ValueError):
                 statuses[slot.name] = json.loads(status.read_text())
@@ -828,9 +841,10 @@ class ScenarioRun:
         for slot in self.slots.values():
             await slot.backhaul.close()
             await slot.concentrator.close()
-        for child in reversed(self._children):
-            with contextlib.suppress(ProcessFailed, OSError):
-                await asyncio.to_thread(child.stop)
+        # The agents first (they flush to the broker), then the fleet.
+        fleets = [child for child in self._children if child.name == "fleet"]
+        await _stop_together([c for c in self._children if c.name != "fleet"])
+        await _stop_together(fleets)
         if self.mosquitto is not None:
             await asyncio.to_thread(self.mosquitto.stop)
 
@@ -856,6 +870,18 @@ def alert_config(speed: float) -> str:
         lines += [f"{name} = {value / speed:.3f}" for name, value in fields.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+async def _stop_together(children: list[ChildProcess]) -> None:
+    """SIGTERM to every child at once, then wait for each (a hundred agents one after the
+    other would take minutes)."""
+    for child in children:
+        if child.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                child.proc.send_signal(signal.SIGTERM)
+    for child in children:
+        with contextlib.suppress(ProcessFailed, OSError):
+            await asyncio.to_thread(child.stop)
 
 
 def _epoch(iso: str) -> float:
