@@ -57,7 +57,7 @@ from ..codecs.errors import CodecError
 from ..codecs.node.framing import DELIMITER, FrameDecoder, cobs_encode, crc16
 from .faults import FaultKind, FaultPlan
 from .pty import AsyncLifecycle
-from .serial_device import BytesHandler, CommandTable, SerialDevice
+from .serial_device import BytesHandler, CommandTable, OnSerialDevice, SerialDevice
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ _ANSWERS: CommandTable[type[Message], EmulatedConcentrator, Message | None] = Co
 )
 
 
-class EmulatedConcentrator(AsyncLifecycle):
+class EmulatedConcentrator(OnSerialDevice, AsyncLifecycle):
     """A concentrator MCU speaking protocol v1 on a pty whose path is :attr:`path`.
 
     ``tx_error``: the code every ``TX_REQUEST`` is answered with while it is not
@@ -180,22 +180,6 @@ class EmulatedConcentrator(AsyncLifecycle):
         if task is not None:
             task.cancel()
             await asyncio.wait({task})
-
-    @property
-    def tty_path(self) -> str | None:
-        """The pty's own path (``/dev/pts/N``) now, None while unplugged."""
-        return self.serial.tty_path
-
-    @property
-    def url(self) -> str:
-        """The ``socket://127.0.0.1:PORT`` URL of the TCP side (``tcp=True`` only)."""
-        return self.serial.url
-
-    @property
-    def plugged(self) -> bool:
-        """Whether the port is there (between :meth:`start` / :meth:`replug` and
-        :meth:`unplug` / :meth:`close`)."""
-        return self.serial.plugged
 
     def _opened(self) -> None:
         log.info("emulated concentrator on %s (%s)", self.path, self.serial.tty_path)

@@ -42,7 +42,7 @@ from ..codecs.rui3 import (
 )
 from .faults import FaultPlan
 from .pty import AsyncLifecycle
-from .serial_device import BytesHandler, CommandTable, SerialDevice
+from .serial_device import BytesHandler, CommandTable, OnSerialDevice, SerialDevice
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class SentPacket:
     monotonic_s: float  # the host clock (time.monotonic) when the command was read
 
 
-class EmulatedRak3172(AsyncLifecycle):
+class EmulatedRak3172(OnSerialDevice, AsyncLifecycle):
     """A RAK3172 with RUI3 on a pty whose stable path is :attr:`path`.
 
     ``firmware_style``: ``"3.2"`` prints received packets as one ``+EVT:RXP2P:`` line,
@@ -164,21 +164,6 @@ class EmulatedRak3172(AsyncLifecycle):
             timer.cancel()
         self._timers.clear()
         await self.serial.close()
-
-    @property
-    def plugged(self) -> bool:
-        """Whether the port is there."""
-        return self.serial.plugged
-
-    @property
-    def tty_path(self) -> str | None:
-        """The pty's own path (``/dev/pts/N``) now, None while unplugged."""
-        return self.serial.tty_path
-
-    @property
-    def url(self) -> str:
-        """The ``socket://127.0.0.1:PORT`` URL of the TCP side (``tcp=True`` only)."""
-        return self.serial.url
 
     @property
     def version(self) -> str:

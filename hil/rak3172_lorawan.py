@@ -67,7 +67,7 @@ from ..codecs.rui3 import (
 )
 from .faults import FaultKind, FaultPlan
 from .pty import AsyncLifecycle
-from .serial_device import CommandTable, SerialDevice
+from .serial_device import CommandTable, OnSerialDevice, SerialDevice
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def garble(reply: bytes, *, drop: bool, rng: random.Random | None = None) -> byt
     return reply[:middle] + bytes([reply[middle] ^ 0x01]) + reply[middle + 1 :]
 
 
-class EmulatedSerialModule(AsyncLifecycle, abc.ABC):
+class EmulatedSerialModule(OnSerialDevice, AsyncLifecycle, abc.ABC):
     """A line-oriented serial module on a pty at :attr:`path` (see the module text).
 
     Subclasses answer one command line at a time in :meth:`answer` (None: no reply) and
@@ -215,21 +215,6 @@ class EmulatedSerialModule(AsyncLifecycle, abc.ABC):
             timer.cancel()
         self._timers.clear()
         await self.serial.close()
-
-    @property
-    def tty_path(self) -> str | None:
-        """The pty behind :attr:`path` now (None while closed)."""
-        return self.serial.tty_path
-
-    @property
-    def url(self) -> str:
-        """The ``socket://127.0.0.1:PORT`` URL of the TCP side (``tcp=True`` only)."""
-        return self.serial.url
-
-    @property
-    def plugged(self) -> bool:
-        """Whether the port is there."""
-        return self.serial.plugged
 
     def unplug(self) -> None:
         """The USB cable is pulled: the pty path is gone, the TCP port refuses connections;

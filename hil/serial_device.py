@@ -214,6 +214,29 @@ class _Lane:
         return dropped
 
 
+class OnSerialDevice:
+    """For an emulator whose transport is a :class:`SerialDevice` in ``self.serial``: the
+    port's state, read through from it."""
+
+    serial: SerialDevice
+
+    @property
+    def plugged(self) -> bool:
+        """Whether the port is there (between ``start`` / ``replug`` and ``unplug`` /
+        ``close``)."""
+        return self.serial.plugged
+
+    @property
+    def tty_path(self) -> str | None:
+        """The pty's own path (``/dev/pts/N``) now, None while unplugged or without a pty."""
+        return self.serial.tty_path
+
+    @property
+    def url(self) -> str:
+        """The ``socket://127.0.0.1:PORT`` URL of the TCP side (``tcp=True`` only)."""
+        return self.serial.url
+
+
 class SerialDevice(AsyncLifecycle):
     """An emulated serial device (see the module text).
 

@@ -32,7 +32,7 @@ from ..codecs.node.framing import DELIMITER, FrameDecoder, cobs_encode, crc16, e
 from ..codecs.node.wired import Readings, WiredNode, decode_message, encode_message
 from .faults import FaultKind, FaultPlan
 from .pty import AsyncLifecycle
-from .serial_device import BytesHandler, SerialDevice
+from .serial_device import BytesHandler, OnSerialDevice, SerialDevice
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class _Emulated:
     requests: list[object] = field(default_factory=list)
 
 
-class EmulatedWiredBus(AsyncLifecycle):
+class EmulatedWiredBus(OnSerialDevice, AsyncLifecycle):
     """Wired nodes answering by address on a pty whose path is :attr:`path`.
 
     Add nodes with :meth:`add_node` (before or after :meth:`start`); reach each one's node
@@ -214,21 +214,6 @@ class EmulatedWiredBus(AsyncLifecycle):
     async def close(self) -> None:
         """Close the pty and remove the symlink, close the TCP port (idempotent)."""
         await self.serial.close()
-
-    @property
-    def plugged(self) -> bool:
-        """Whether the port is there."""
-        return self.serial.plugged
-
-    @property
-    def tty_path(self) -> str | None:
-        """The pty's own path (``/dev/pts/N``) now, None while unplugged."""
-        return self.serial.tty_path
-
-    @property
-    def url(self) -> str:
-        """The ``socket://127.0.0.1:PORT`` URL of the TCP side (``tcp=True`` only)."""
-        return self.serial.url
 
     @property
     def link_errors(self) -> int:
