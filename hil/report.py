@@ -288,6 +288,8 @@ def _edge_summary(status: dict[str, Any]) -> dict[str, Any]:
 def _clock(sim_s: float | None) -> str:
     if sim_s is None:
         return "-"
+    if sim_s < 0:
+        return "setup"  # before the first simulated second: while the agents started
     days, rest = divmod(int(sim_s), 86_400)
     hours, rest = divmod(rest, 3600)
     minutes, seconds = divmod(rest, 60)
