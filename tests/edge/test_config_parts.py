@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Self
 
 import aiomqtt
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from owlgate.codecs.concentrator import (
     Channel,
@@ -125,129 +126,164 @@ async def _ready(
     await eventually(agent.ready.is_set, "ready")
 
 
+@dataclasses.dataclass
+class _Rig:
+    """A running agent on an emulated concentrator, connected and ready, and what it counted
+    then (the baseline a configuration change is measured against)."""
+
+    identity: Ed25519PrivateKey
+    public: Ed25519PublicKey
+    concentrator: EmulatedConcentrator
+    fleet: FleetSide
+    documents: Documents
+    service: AgentService
+    sender: Sender
+    agent: EdgeAgent
+    uplink: Uplink
+    connections: int
+    onlines: int
+    controls: int
+    configured: int
+
+
+@asynccontextmanager
+async def _running_agent(broker: BrokerServer, tmp_path: Path, *, seed: int) -> AsyncIterator[_Rig]:
+    keys = Fleet(tmp_path / "keys")
+    device = _device()
+    async with (
+        EmulatedConcentrator(tmp_path / "dev", seed=seed) as concentrator,
+        FleetSide(broker) as fleet,
+        aiomqtt.Client(broker.host, broker.port, identifier="fleet-config") as publisher,
+    ):
+        config = _config(tmp_path, broker, concentrator.path)
+        service = AgentService(config, load_keys(config))
+        running = asyncio.create_task(service.run())
+        try:
+            await _ready(service, fleet, keys, device)
+            agent = service.agent
+            uplink = _uplink(agent)
+            yield _Rig(
+                identity=keys.identity,
+                public=keys.identity.public_key(),
+                concentrator=concentrator,
+                fleet=fleet,
+                documents=Documents(keys, broker, publisher),
+                service=service,
+                sender=Sender(device, concentrator),
+                agent=agent,
+                uplink=uplink,
+                connections=uplink.connections,
+                onlines=_onlines(fleet),
+                controls=agent.counters.control_connections,
+                configured=len(concentrator.radio_configs),
+            )
+        finally:
+            service.request_stop()
+            assert await running == 0
+
+
 def test_a_radio_change_restarts_only_the_radio_and_its_rollback_only_the_radio(
     broker: BrokerServer, tmp_path: Path
 ) -> None:
     async def scenario() -> None:
-        keys = Fleet(tmp_path / "keys")
-        identity = keys.identity
-        public = identity.public_key()
-        device = _device()
-        async with (
-            EmulatedConcentrator(tmp_path / "dev", seed=31) as concentrator,
-            FleetSide(broker) as fleet,
-            aiomqtt.Client(broker.host, broker.port, identifier="fleet-config") as publisher,
-        ):
-            documents = Documents(keys, broker, publisher)
-            config = _config(tmp_path, broker, concentrator.path)
-            service = AgentService(config, load_keys(config))
-            running = asyncio.create_task(service.run())
-            sender = Sender(device, concentrator)
-            try:
-                await _ready(service, fleet, keys, device)
-                agent = service.agent
-                uplink = _uplink(agent)
-                connections, onlines = uplink.connections, _onlines(fleet)
-                controls = agent.counters.control_connections
-                configured = len(concentrator.radio_configs)
-                sender.send()
-                await eventually(lambda: len(_readings(fleet, public)) == 1, "a first reading")
+        async with _running_agent(broker, tmp_path, seed=31) as rig:
+            identity, public, fleet, agent = rig.identity, rig.public, rig.fleet, rig.agent
+            concentrator, documents, service = rig.concentrator, rig.documents, rig.service
+            sender, uplink, connections = rig.sender, rig.uplink, rig.connections
+            onlines, controls, configured = rig.onlines, rig.controls, rig.configured
+            sender.send()
+            await eventually(lambda: len(_readings(fleet, public)) == 1, "a first reading")
 
-                # New channels: the radio alone restarts; MQTT stays connected throughout.
-                sender.start()
-                plan = documents.doc(2, channels=NEW_CHANNELS)
-                await documents.publish(documents.signed(plan))
-                await eventually(
-                    lambda: states(fleet, identity, 2) == ["received", "applied"], "applied 2"
-                )
-                assert last(fleet, identity, 2).detail is not None
-                # A few more readings through the new radio, then the device stops.
-                applied_at = len(sender.sent)
-                await eventually(lambda: len(sender.sent) >= applied_at + 3, "3 more readings")
-                await sender.stop()
-                await eventually(
-                    lambda: _readings(fleet, public)[-1:] == sender.sent[-1:],
-                    "the last reading delivered",
-                )
-                assert len(concentrator.radio_configs) == configured + 1
-                sent_config = concentrator.radio_configs[-1]
-                assert sent_config.channels == NEW_CHANNELS
-                assert sent_config.config_id == service.config.radio_config_id()
-                assert service.agent is agent
-                assert agent.uplink is uplink
-                assert (uplink.connections, uplink.restarts, uplink.reconnects) == (
-                    connections,
-                    0,
-                    0,
-                )
-                assert agent.counters.control_connections == controls
-                assert _onlines(fleet) == onlines
-                # Every reading the radio heard is delivered once: those still queued in the
-                # old backend when it closed, and those the new one received.
-                heard = agent.radio_counters
-                assert heard is not None
-                delivered = _readings(fleet, public)
-                assert len(delivered) == heard.rx_delivered
-                assert len({f_cnt for f_cnt, _ in delivered}) == len(delivered)
-                assert all(reading in sender.sent for reading in delivered)
-                # Only what went on air in the moment the port was closed is not heard.
-                assert len(delivered) >= len(sender.sent) - 2
+            # New channels: the radio alone restarts; MQTT stays connected throughout.
+            sender.start()
+            plan = documents.doc(2, channels=NEW_CHANNELS)
+            await documents.publish(documents.signed(plan))
+            await eventually(
+                lambda: states(fleet, identity, 2) == ["received", "applied"], "applied 2"
+            )
+            assert last(fleet, identity, 2).detail is not None
+            # A few more readings through the new radio, then the device stops.
+            applied_at = len(sender.sent)
+            await eventually(lambda: len(sender.sent) >= applied_at + 3, "3 more readings")
+            await sender.stop()
+            await eventually(
+                lambda: _readings(fleet, public)[-1:] == sender.sent[-1:],
+                "the last reading delivered",
+            )
+            assert len(concentrator.radio_configs) == configured + 1
+            sent_config = concentrator.radio_configs[-1]
+            assert sent_config.channels == NEW_CHANNELS
+            assert sent_config.config_id == service.config.radio_config_id()
+            assert service.agent is agent
+            assert agent.uplink is uplink
+            assert (uplink.connections, uplink.restarts, uplink.reconnects) == (
+                connections,
+                0,
+                0,
+            )
+            assert agent.counters.control_connections == controls
+            assert _onlines(fleet) == onlines
+            # Every reading the radio heard is delivered once: those still queued in the
+            # old backend when it closed, and those the new one received.
+            heard = agent.radio_counters
+            assert heard is not None
+            delivered = _readings(fleet, public)
+            assert len(delivered) == heard.rx_delivered
+            assert len({f_cnt for f_cnt, _ in delivered}) == len(delivered)
+            assert all(reading in sender.sent for reading in delivered)
+            # Only what went on air in the moment the port was closed is not heard.
+            assert len(delivered) >= len(sender.sent) - 2
 
-                # The outbox bound is taken live: nothing restarts, health shows it.
-                bound = documents.doc(3, channels=NEW_CHANNELS, outbox_max_bytes=8 * 1024 * 1024)
-                await documents.publish(documents.signed(bound))
-                await eventually(
-                    lambda: states(fleet, identity, 3) == ["received", "applied"], "applied 3"
-                )
-                since = len(fleet.payloads("health"))
-                await eventually(
-                    lambda: any(
-                        decode_health(verify(payload, public).payload).outbox_max_bytes
-                        == 8 * 1024 * 1024
-                        for payload in fleet.payloads("health")[since:]
-                    ),
-                    "health with the new bound",
-                )
-                assert len(concentrator.radio_configs) == configured + 1
-                assert uplink.connections == connections
-                assert _onlines(fleet) == onlines
+            # The outbox bound is taken live: nothing restarts, health shows it.
+            bound = documents.doc(3, channels=NEW_CHANNELS, outbox_max_bytes=8 * 1024 * 1024)
+            await documents.publish(documents.signed(bound))
+            await eventually(
+                lambda: states(fleet, identity, 3) == ["received", "applied"], "applied 3"
+            )
+            since = len(fleet.payloads("health"))
+            await eventually(
+                lambda: any(
+                    decode_health(verify(payload, public).payload).outbox_max_bytes
+                    == 8 * 1024 * 1024
+                    for payload in fleet.payloads("health")[since:]
+                ),
+                "health with the new bound",
+            )
+            assert len(concentrator.radio_configs) == configured + 1
+            assert uplink.connections == connections
+            assert _onlines(fleet) == onlines
 
-                # Ten channels: refused (the concentrator's HELLO says it has nine), rolled back
-                # by restarting the radio once more with the plan that ran; MQTT untouched.
-                before = len(concentrator.radio_configs)
-                hellos = len(concentrator.hellos)
-                bad = documents.doc(4, channels=TEN_CHANNELS, outbox_max_bytes=8 * 1024 * 1024)
-                await documents.publish(documents.signed(bad))
-                await eventually(
-                    lambda: states(fleet, identity, 4) == ["received", "rolled_back"],
-                    "rolled back 4",
-                )
-                assert last(fleet, identity, 4).reason == "radio"
-                await eventually(lambda: agent.radio_connected, "the old plan back")
-                # The ten channels never reach it; the plan that ran is sent once again.
-                assert [sent.channels for sent in concentrator.radio_configs[before:]] == [
-                    NEW_CHANNELS
-                ]
-                assert len(concentrator.hellos) >= hellos + 2
-                assert concentrator.radio_config is not None
-                assert concentrator.radio_config.channels == NEW_CHANNELS
-                assert service.agent is agent
-                assert service.config.document_seq == 3
-                assert (uplink.connections, uplink.restarts, uplink.reconnects) == (
-                    connections,
-                    0,
-                    0,
-                )
-                assert agent.counters.control_connections == controls
-                assert _onlines(fleet) == onlines
-                sender.send()
-                await eventually(
-                    lambda: _readings(fleet, public)[-1:] == sender.sent[-1:],
-                    "a reading through the restored radio",
-                )
-            finally:
-                service.request_stop()
-                assert await running == 0
+            # Ten channels: refused (the concentrator's HELLO says it has nine), rolled back
+            # by restarting the radio once more with the plan that ran; MQTT untouched.
+            before = len(concentrator.radio_configs)
+            hellos = len(concentrator.hellos)
+            bad = documents.doc(4, channels=TEN_CHANNELS, outbox_max_bytes=8 * 1024 * 1024)
+            await documents.publish(documents.signed(bad))
+            await eventually(
+                lambda: states(fleet, identity, 4) == ["received", "rolled_back"],
+                "rolled back 4",
+            )
+            assert last(fleet, identity, 4).reason == "radio"
+            await eventually(lambda: agent.radio_connected, "the old plan back")
+            # The ten channels never reach it; the plan that ran is sent once again.
+            assert [sent.channels for sent in concentrator.radio_configs[before:]] == [NEW_CHANNELS]
+            assert len(concentrator.hellos) >= hellos + 2
+            assert concentrator.radio_config is not None
+            assert concentrator.radio_config.channels == NEW_CHANNELS
+            assert service.agent is agent
+            assert service.config.document_seq == 3
+            assert (uplink.connections, uplink.restarts, uplink.reconnects) == (
+                connections,
+                0,
+                0,
+            )
+            assert agent.counters.control_connections == controls
+            assert _onlines(fleet) == onlines
+            sender.send()
+            await eventually(
+                lambda: _readings(fleet, public)[-1:] == sender.sent[-1:],
+                "a reading through the restored radio",
+            )
 
     asyncio.run(scenario())
 
@@ -256,63 +292,44 @@ def test_an_mqtt_change_restarts_only_the_connections_and_loses_no_reading(
     broker: BrokerServer, tmp_path: Path
 ) -> None:
     async def scenario() -> None:
-        keys = Fleet(tmp_path / "keys")
-        identity = keys.identity
-        public = identity.public_key()
-        device = _device()
-        async with (
-            EmulatedConcentrator(tmp_path / "dev", seed=32) as concentrator,
-            FleetSide(broker) as fleet,
-            aiomqtt.Client(broker.host, broker.port, identifier="fleet-config") as publisher,
-        ):
-            documents = Documents(keys, broker, publisher)
-            config = _config(tmp_path, broker, concentrator.path)
-            service = AgentService(config, load_keys(config))
-            running = asyncio.create_task(service.run())
-            sender = Sender(device, concentrator)
-            try:
-                await _ready(service, fleet, keys, device)
-                agent = service.agent
-                uplink = _uplink(agent)
-                connections, onlines = uplink.connections, _onlines(fleet)
-                controls = agent.counters.control_connections
-                configured = len(concentrator.radio_configs)
-                radio_counters = agent.radio_counters
-                assert radio_counters is not None
+        async with _running_agent(broker, tmp_path, seed=32) as rig:
+            identity, public, fleet, agent = rig.identity, rig.public, rig.fleet, rig.agent
+            concentrator, documents, service = rig.concentrator, rig.documents, rig.service
+            sender, uplink, connections = rig.sender, rig.uplink, rig.connections
+            onlines, controls, configured = rig.onlines, rig.controls, rig.configured
+            radio_counters = agent.radio_counters
+            assert radio_counters is not None
 
-                # A new keep-alive: the uplink and the control connection reconnect once each,
-                # the radio goes on receiving, and every reading sent meanwhile arrives.
-                sender.start()
-                keepalive = documents.doc(2, mqtt_keepalive_s=20)
-                await documents.publish(documents.signed(keepalive))
-                await eventually(
-                    lambda: states(fleet, identity, 2) == ["received", "applied"], "applied 2"
-                )
-                await asyncio.sleep(5 * SEND_EVERY_S)
-                await sender.stop()
-                await eventually(
-                    lambda: sorted(_readings(fleet, public)) == sorted(sender.sent),
-                    "every reading sent during the switch",
-                )
-                assert len(_readings(fleet, public)) == len(sender.sent)
-                assert service.config.mqtt.keepalive_s == 20
-                assert service.agent is agent
-                assert agent.uplink is uplink
-                assert (uplink.connections, uplink.restarts, uplink.reconnects) == (
-                    connections + 1,
-                    1,
-                    0,
-                )
-                assert agent.counters.control_connections == controls + 1
-                assert _onlines(fleet) == onlines + 1
-                assert len(concentrator.radio_configs) == configured
-                counters = agent.radio_counters
-                assert counters is not None
-                assert counters.reconnects == radio_counters.reconnects
-                assert agent.radio_connected
-            finally:
-                service.request_stop()
-                assert await running == 0
+            # A new keep-alive: the uplink and the control connection reconnect once each,
+            # the radio goes on receiving, and every reading sent meanwhile arrives.
+            sender.start()
+            keepalive = documents.doc(2, mqtt_keepalive_s=20)
+            await documents.publish(documents.signed(keepalive))
+            await eventually(
+                lambda: states(fleet, identity, 2) == ["received", "applied"], "applied 2"
+            )
+            await asyncio.sleep(5 * SEND_EVERY_S)
+            await sender.stop()
+            await eventually(
+                lambda: sorted(_readings(fleet, public)) == sorted(sender.sent),
+                "every reading sent during the switch",
+            )
+            assert len(_readings(fleet, public)) == len(sender.sent)
+            assert service.config.mqtt.keepalive_s == 20
+            assert service.agent is agent
+            assert agent.uplink is uplink
+            assert (uplink.connections, uplink.restarts, uplink.reconnects) == (
+                connections + 1,
+                1,
+                0,
+            )
+            assert agent.counters.control_connections == controls + 1
+            assert _onlines(fleet) == onlines + 1
+            assert len(concentrator.radio_configs) == configured
+            counters = agent.radio_counters
+            assert counters is not None
+            assert counters.reconnects == radio_counters.reconnects
+            assert agent.radio_connected
         # The fleet's view of the topic is the gateway's: online last, offline at the stop.
         assert [payload for topic, payload in fleet.messages if topic == PREFIX + "state"][-1:] == [
             b"offline"
