@@ -10,8 +10,13 @@ Rules the code keeps:
 - every write that belongs together runs in one transaction (:meth:`Store.transaction`): a
   batch of readings is stored whole or not at all;
 - the schema is built by registered migration functions (:mod:`owlgate.fleet.schema`, this
-  module's are ``0001``-``0099``), applied in order when the store opens, each recorded by
-  name in the ``migrations`` table so it runs exactly once;
+  module's are ``0001``-``0099`` and, for what the dashboard plots, ``0800``-``0899``),
+  applied in order when the store opens, each recorded by name in the ``migrations`` table so
+  it runs exactly once;
+- what the dashboard plots is written in the transaction of the fact it comes from, kept a
+  week and pruned by key range: each health message as a row of ``gateway_health``
+  (:meth:`Store.health_history`), the readings and receptions of each minute summed in
+  ``ingest_minutes`` (:meth:`Store.ingest_per_minute`);
 - every statement is written once for both databases; the few places that differ ask
   :attr:`Sql.dialect <owlgate.fleet.sql.Sql.dialect>`: the ids of new readings, the arrays
   PostgreSQL takes a batch's rows in, the advisory lock that keeps two PostgreSQL ingest
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,6 +82,12 @@ MAX_PAGE_LIMIT: Final = 1000
 #: migrations run under, and the one the ingest's writes take (:meth:`Store._ingest_lock`).
 _MIGRATE_LOCK: Final = 0x6F776C6701
 _INGEST_LOCK: Final = 0x6F776C6702
+#: How long a gateway's health messages are kept (``gateway_health``), and the readings and
+#: receptions counted per minute (``ingest_minutes``): the dashboard plots a week at most.
+HEALTH_HISTORY_S: Final = 7 * 86_400
+INGEST_MINUTES_KEPT: Final = 7 * 1440
+#: The most rows one history or hearing query reads.
+MAX_HISTORY_LIMIT: Final = 100_000
 
 Activation = Literal["abp", "otaa"]
 T = TypeVar("T")
@@ -192,6 +204,65 @@ class Profile:
     id: str
     name: str
     description: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthPoint:
+    """One health message of a gateway as the history keeps it: ``at`` is the fleet's receive
+    time; radio counters are None when the gateway sent none."""
+
+    at: float
+    uptime_s: int | None
+    agent_uptime_s: int | None
+    cpu_temp_c: float | None
+    load_1m: float | None
+    outbox_depth: int | None
+    outbox_oldest_age_s: int | None
+    backhaul_rtt_ms: float | None
+    radio_received: int | None
+    radio_crc_ok: int | None
+    radio_crc_bad: int | None
+    radio_forwarded: int | None
+    radio_transmitted: int | None
+    reconnects: int | None
+    config_seq: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngestMinute:
+    """What the ingest stored in one minute (``minute``: its start, seconds since the epoch):
+    new readings, and receptions (every gateway copy, duplicates merged included)."""
+
+    minute: float
+    readings: int
+    receptions: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeardDevice:
+    """A device a gateway heard, over the gateway's newest receptions: frames heard, the
+    latest reading time, RSSI/SNR of the newest reception, and the mean RSSI."""
+
+    dev_eui: str
+    profile_id: str | None
+    frames: int
+    last_heard: float
+    rssi_dbm: int | None
+    snr_db: float | None
+    mean_rssi_dbm: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HearingGateway:
+    """A gateway that heard a device, over the device's newest readings (as
+    :class:`HeardDevice`, seen from the device)."""
+
+    gateway_id: str
+    frames: int
+    last_heard: float
+    rssi_dbm: int | None
+    snr_db: float | None
+    mean_rssi_dbm: float | None
 
 
 # --- ids ---------------------------------------------------------------------------------------
@@ -339,6 +410,39 @@ def _wrapped_device_keys(db: Sql) -> None:
     del db
 
 
+@migration("0800_gateway_health_history")
+def _gateway_health_history(db: Sql) -> None:
+    # The primary key is also the index the week's pruning and the history's reads use.
+    db.execute(
+        db.ddl(
+            "CREATE TABLE gateway_health ("
+            "gateway_id TEXT NOT NULL, at {float} NOT NULL, "
+            "uptime_s {int}, agent_uptime_s {int}, cpu_temp_c {float}, load_1m {float}, "
+            "outbox_depth {int}, outbox_oldest_age_s {int}, backhaul_rtt_ms {float}, "
+            "radio_received {int}, radio_crc_ok {int}, radio_crc_bad {int}, "
+            "radio_forwarded {int}, radio_transmitted {int}, reconnects {int}, "
+            "config_seq {int}, PRIMARY KEY (gateway_id, at))"
+        )
+    )
+
+
+@migration("0810_ingest_minutes")
+def _ingest_minutes(db: Sql) -> None:
+    db.execute(
+        db.ddl(
+            "CREATE TABLE ingest_minutes (minute {int} PRIMARY KEY, "
+            "readings {int} NOT NULL, receptions {int} NOT NULL)"
+        )
+    )
+
+
+@migration("0820_receptions_by_gateway")
+def _receptions_by_gateway(db: Sql) -> None:
+    # The primary key (reading_id, gateway_id) finds a reading's gateways; this finds a
+    # gateway's newest receptions without reading the whole table.
+    db.execute("CREATE INDEX idx_receptions_gateway_reading ON receptions (gateway_id, reading_id)")
+
+
 # --- the store ---------------------------------------------------------------------------------
 
 
@@ -346,6 +450,18 @@ def _limit(limit: int) -> int:
     if not 1 <= limit <= MAX_PAGE_LIMIT:
         raise InvalidError(f"limit must be 1 .. {MAX_PAGE_LIMIT}, got {limit}")
     return limit
+
+
+def _history_limit(limit: int, what: str) -> int:
+    if not 1 <= limit <= MAX_HISTORY_LIMIT:
+        raise InvalidError(f"{what} must be 1 .. {MAX_HISTORY_LIMIT}, got {limit}")
+    return limit
+
+
+def _finite(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise InvalidError(f"{what} must be a finite number of seconds, got {value}")
+    return value
 
 
 class Store:
@@ -386,6 +502,8 @@ class Store:
         #: Stored keys that could not be unwrapped when read (:meth:`device_keys`).
         self.unwrap_errors = 0
         self._readings_sequence: str | None = None
+        #: The newest minute the ingest counts were pruned at (:meth:`_count_ingest`).
+        self._minutes_pruned: int | None = None
         try:
             self._migrate()
             if vault is not None:
@@ -724,6 +842,69 @@ class Store:
             if changed == 0:
                 raise NotFoundError(f"no gateway {gid}")
             self._heard(db, gid, received_at)
+            self._keep_health(db, gid, health, received_at)
+
+    def _keep_health(self, db: Sql, gid: str, health: Health, at: float) -> None:
+        """Add the message to the gateway's history (one row per receive time: a second
+        message at the same ``at`` replaces the first) and drop its rows older than
+        :data:`HEALTH_HISTORY_S`."""
+        radio = health.radio
+        values = [
+            gid,
+            at,
+            health.uptime_s,
+            health.agent_uptime_s,
+            health.cpu_temp_c,
+            health.load_1m,
+            health.outbox_depth,
+            health.outbox_oldest_age_s,
+            health.backhaul_rtt_ms,
+            None if radio is None else radio.received,
+            None if radio is None else radio.crc_ok,
+            None if radio is None else radio.crc_bad,
+            None if radio is None else radio.forwarded,
+            None if radio is None else radio.transmitted,
+            health.reconnects,
+            health.config_seq,
+        ]
+        updates = ", ".join(f"{name} = excluded.{name}" for name in _HEALTH_COLUMNS)
+        db.execute(
+            f"INSERT INTO gateway_health (gateway_id, at, {', '.join(_HEALTH_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(values))}) "
+            f"ON CONFLICT (gateway_id, at) DO UPDATE SET {updates}",
+            values,
+        )
+        db.execute(
+            "DELETE FROM gateway_health WHERE gateway_id = ? AND at < ?",
+            [gid, at - HEALTH_HISTORY_S],
+        )
+
+    def health_history(
+        self,
+        gateway_id: str | bytes,
+        *,
+        since: float,
+        until: float | None = None,
+        limit: int = 5000,
+    ) -> list[HealthPoint]:
+        """The gateway's health messages received from ``since`` to ``until`` (both
+        inclusive; None: no end), oldest first; when more than ``limit`` match, the newest
+        ``limit`` of them. NotFoundError for a gateway that is not registered."""
+        gid = eui_hex(gateway_id, "gateway id")
+        _history_limit(limit, "limit")
+        where = "gateway_id = ? AND at >= ?"
+        params: list[Any] = [gid, _finite(since, "since")]
+        if until is not None:
+            where += " AND at <= ?"
+            params.append(_finite(until, "until"))
+        if self.sql.scalar("SELECT 1 FROM gateways WHERE id = ?", [gid]) is None:
+            raise NotFoundError(f"no gateway {gid}")
+        rows = self._rows(
+            f"SELECT at, {', '.join(_HEALTH_COLUMNS)} FROM gateway_health WHERE {where} "
+            "ORDER BY at DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [HealthPoint(**row) for row in reversed(rows)]
 
     # --- devices -------------------------------------------------------------------------------
 
@@ -960,6 +1141,7 @@ class Store:
                         known[1] = last_fcnt
                     if battery is not None:
                         known[2] = battery
+            self._count_ingest(db, batches, results)
             if devices and db.dialect == "postgres":
                 rows = sorted(devices.items())
                 db.execute(
@@ -993,6 +1175,115 @@ class Store:
                     ],
                 )
         return results
+
+    def _count_ingest(
+        self,
+        db: Sql,
+        batches: Sequence[IncomingBatch],
+        results: Sequence[StoreResult | FleetError],
+    ) -> None:
+        """Add what the stored batches brought to their minutes of ``received_at`` in
+        ``ingest_minutes``: new readings, and receptions (one per reading of a batch: a new
+        reading or a copy merged into one stored); at most one statement per minute, and
+        the minutes older than :data:`INGEST_MINUTES_KEPT` dropped once an hour."""
+        counts: dict[int, list[int]] = {}
+        for batch, result in zip(batches, results, strict=True):
+            if not isinstance(result, StoreResult) or result.batch_duplicate:
+                continue
+            received = result.stored + result.duplicates_merged
+            if received == 0 or not math.isfinite(batch.received_at):
+                continue
+            minute = counts.setdefault(math.floor(batch.received_at / 60), [0, 0])
+            minute[0] += result.stored
+            minute[1] += received
+        if not counts:
+            return
+        db.executemany(
+            "INSERT INTO ingest_minutes (minute, readings, receptions) VALUES (?, ?, ?) "
+            "ON CONFLICT (minute) DO UPDATE SET "
+            "readings = ingest_minutes.readings + excluded.readings, "
+            "receptions = ingest_minutes.receptions + excluded.receptions",
+            [(minute, stored, received) for minute, (stored, received) in sorted(counts.items())],
+        )
+        newest = max(counts)
+        if self._minutes_pruned is None or newest >= self._minutes_pruned + 60:
+            db.execute(
+                "DELETE FROM ingest_minutes WHERE minute < ?", [newest - INGEST_MINUTES_KEPT]
+            )
+            self._minutes_pruned = newest
+
+    def ingest_per_minute(self, *, since: float, until: float) -> list[IngestMinute]:
+        """Readings and receptions stored per minute, for the minutes from the one holding
+        ``since`` to the one holding ``until``, oldest first; minutes without any are left
+        out. Kept for :data:`INGEST_MINUTES_KEPT` minutes."""
+        first = math.floor(_finite(since, "since") / 60)
+        last = math.floor(_finite(until, "until") / 60)
+        if last < first:
+            raise InvalidError(f"until ({until}) is before since ({since})")
+        rows = self.sql.query_tuples(
+            "SELECT minute, readings, receptions FROM ingest_minutes "
+            "WHERE minute >= ? AND minute <= ? ORDER BY minute",
+            [first, last],
+        )
+        return [
+            IngestMinute(minute=float(minute * 60), readings=int(readings), receptions=int(rx))
+            for minute, readings, rx in rows
+        ]
+
+    def gateway_devices(
+        self, gateway_id: str | bytes, *, limit_receptions: int = 5000
+    ) -> list[HeardDevice]:
+        """The devices the gateway heard in its newest ``limit_receptions`` receptions, one
+        row per device, the most recently heard first. NotFoundError for a gateway that is
+        not registered."""
+        gid = eui_hex(gateway_id, "gateway id")
+        _history_limit(limit_receptions, "limit_receptions")
+        if self.sql.scalar("SELECT 1 FROM gateways WHERE id = ?", [gid]) is None:
+            raise NotFoundError(f"no gateway {gid}")
+        rows = self.sql.query_tuples(
+            "SELECT r.dev_eui, d.profile_id, r.time_s, h.reading_id, h.rssi_dbm, h.snr_db "
+            "FROM (SELECT reading_id, rssi_dbm, snr_db FROM receptions WHERE gateway_id = ? "
+            "ORDER BY reading_id DESC LIMIT ?) AS h "
+            "JOIN readings AS r ON r.id = h.reading_id "
+            "LEFT JOIN devices AS d ON d.dev_eui = r.dev_eui",
+            [gid, limit_receptions],
+        )
+        heard: dict[str, _Hearing] = {}
+        profiles: dict[str, str | None] = {}
+        for dev_eui, profile_id, time_s, reading_id, rssi, snr in rows:
+            profiles[dev_eui] = profile_id
+            heard.setdefault(dev_eui, _Hearing()).add(time_s, reading_id, rssi, snr)
+        return [
+            HeardDevice(dev_eui=eui, profile_id=profiles[eui], **hearing.summary())
+            for eui, hearing in sorted(heard.items(), key=lambda kv: (-kv[1].last_heard, kv[0]))
+        ]
+
+    def device_gateways(
+        self, dev_eui: str | bytes, *, limit_readings: int = 500
+    ) -> list[HearingGateway]:
+        """The gateways that heard the device's newest ``limit_readings`` readings, one row
+        per gateway, the one that heard most frames first. NotFoundError for a device that
+        is not registered."""
+        eui = eui_hex(dev_eui, "DevEUI")
+        _history_limit(limit_readings, "limit_readings")
+        if self.sql.scalar("SELECT 1 FROM devices WHERE dev_eui = ?", [eui]) is None:
+            raise NotFoundError(f"no device {eui}")
+        rows = self.sql.query_tuples(
+            "SELECT h.gateway_id, r.time_s, r.id, h.rssi_dbm, h.snr_db "
+            "FROM (SELECT id, time_s FROM readings WHERE dev_eui = ? "
+            "ORDER BY time_s DESC, id DESC LIMIT ?) AS r "
+            "JOIN receptions AS h ON h.reading_id = r.id",
+            [eui, limit_readings],
+        )
+        heard: dict[str, _Hearing] = {}
+        for gateway, time_s, reading_id, rssi, snr in rows:
+            heard.setdefault(gateway, _Hearing()).add(time_s, reading_id, rssi, snr)
+        return [
+            HearingGateway(gateway_id=gid, **hearing.summary())
+            for gid, hearing in sorted(
+                heard.items(), key=lambda kv: (-kv[1].frames, -kv[1].last_heard, kv[0])
+            )
+        ]
 
     def _store_batch(
         self, db: Sql, batch: IncomingBatch, devices: dict[str, list[Any]]
@@ -1341,6 +1632,39 @@ class Store:
         return Page(items, f"{last.time_s!r}:{last.id}" if more and last else None)
 
 
+@dataclass(slots=True)
+class _Hearing:
+    """Receptions of one device through one gateway, folded as they are read: the newest
+    (by reading time, then id) gives RSSI/SNR; the mean is over those with an RSSI."""
+
+    frames: int = 0
+    last_heard: float = -math.inf
+    newest: tuple[float, int] = (-math.inf, -1)
+    rssi_dbm: int | None = None
+    snr_db: float | None = None
+    rssi_sum: float = 0.0
+    rssi_count: int = 0
+
+    def add(self, time_s: float, reading_id: int, rssi: int | None, snr: float | None) -> None:
+        self.frames += 1
+        self.last_heard = max(self.last_heard, time_s)
+        if (time_s, reading_id) > self.newest:
+            self.newest = (time_s, reading_id)
+            self.rssi_dbm, self.snr_db = rssi, snr
+        if rssi is not None:
+            self.rssi_sum += rssi
+            self.rssi_count += 1
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "last_heard": self.last_heard,
+            "rssi_dbm": self.rssi_dbm,
+            "snr_db": self.snr_db,
+            "mean_rssi_dbm": self.rssi_sum / self.rssi_count if self.rssi_count else None,
+        }
+
+
 class _OneByOne(Exception):
     """Internal: a batch of a write stored all at once cannot be stored; store them one by
     one instead (see Store._store_batches_together)."""
@@ -1366,6 +1690,23 @@ _READING_COLUMNS: Final = (
     "received_at",
 )
 _RECEPTION_COLUMNS: Final = ("reading_id", "gateway_id", "rssi_dbm", "snr_db")
+#: The columns of ``gateway_health`` after its key (gateway_id, at), as HealthPoint has them.
+_HEALTH_COLUMNS: Final = (
+    "uptime_s",
+    "agent_uptime_s",
+    "cpu_temp_c",
+    "load_1m",
+    "outbox_depth",
+    "outbox_oldest_age_s",
+    "backhaul_rtt_ms",
+    "radio_received",
+    "radio_crc_ok",
+    "radio_crc_bad",
+    "radio_forwarded",
+    "radio_transmitted",
+    "reconnects",
+    "config_seq",
+)
 _RECEPTIONS_INSERT: Final = _Insert(
     sqlite="INSERT INTO receptions (reading_id, gateway_id, rssi_dbm, snr_db) "
     "VALUES (?, ?, ?, ?) ON CONFLICT (reading_id, gateway_id) DO NOTHING",
