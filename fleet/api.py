@@ -180,6 +180,8 @@ def create_app(
     app.state.stats_sources = {}
     app.state.store = store
     app.state.clock = clock
+    # The dashboard judges health with the same thresholds as the API.
+    app.state.thresholds = limits
     register_stats(app, auth_stats(app))
     add_roles_to_openapi(app)
 
@@ -530,6 +532,7 @@ def create_app(
     # The feature routers import this module inside router(), so these imports are here.
     from . import alerts as alerts_module
     from . import brokerauth, bulk, configs, downlinks, export, provisioning, rollouts, views
+    from .dashboard import pages as dashboard
 
     app.include_router(alerts_module.router(alerts))
     app.include_router(views.router())
@@ -540,6 +543,8 @@ def create_app(
     app.include_router(rollouts.router())
     app.include_router(downlinks.router())
     app.include_router(provisioning.router(on_broker_change))
+    # The operations dashboard's pages under /ui/ (HTML, not in the OpenAPI document).
+    dashboard.install(app)
     return app
 
 

@@ -320,7 +320,26 @@ def authenticate(store: Any, presented: str, *, now: float | None = None) -> Pri
     stored = bytes(rows[0]["token_hash"]) if rows else b"\0" * 32
     if not hmac.compare_digest(stored, token_hash(presented)) or not rows:
         raise Unauthenticated("the bearer token is not known to this fleet", "unknown")
-    row = rows[0]
+    return _admitted_row(db, rows[0], at)
+
+
+def principal_of(store: Any, token_id: str, *, now: float | None = None) -> Principal:
+    """The :class:`Principal` of the token with id ``token_id``, checked as
+    :func:`authenticate` checks a presented one (revoked, expired), for a caller that proved
+    the token once and holds a reference to it, such as a dashboard login session."""
+    at = time.time() if now is None else now
+    db = sql_of(store)
+    rows = db.query(
+        "SELECT id, name, role, expires_at, revoked_at, last_used FROM api_tokens WHERE id = ?",
+        [token_id],
+    )
+    if not rows:
+        raise Unauthenticated(f"the token {token_id} is no longer known to this fleet", "unknown")
+    return _admitted_row(db, rows[0], at)
+
+
+def _admitted_row(db: Sql, row: Mapping[str, Any], at: float) -> Principal:
+    token_id = str(row["id"])
     if row["revoked_at"] is not None:
         raise Unauthenticated(
             f"the bearer token {token_id} was revoked: ask an admin for a new one", "revoked"
@@ -483,6 +502,7 @@ __all__ = [
     "auth_stats",
     "authenticate",
     "create_token",
+    "principal_of",
     "refusal_before_validation",
     "requires",
     "revoke_token",

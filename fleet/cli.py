@@ -917,7 +917,7 @@ def rotate_kek(
 
 # The sub-command groups of the fleet's features; each module imports this one for its
 # helpers (--db, the vault), so they are mounted after everything above is defined.
-from .cli_auth import audit_command, token_command  # noqa: E402
+from .cli_auth import audit_command, token_command, ui_link_command  # noqa: E402
 from .cli_broker import broker_command  # noqa: E402
 from .cli_config import config_key_command  # noqa: E402
 from .cli_data import data_command  # noqa: E402
@@ -925,6 +925,7 @@ from .cli_provision import claim_command  # noqa: E402
 
 fleet_command.add_typer(token_command)
 fleet_command.command("audit")(audit_command)
+fleet_command.command("ui-link")(ui_link_command)
 fleet_command.add_typer(broker_command)
 fleet_command.add_typer(data_command)
 fleet_command.add_typer(config_key_command)

@@ -197,3 +197,35 @@ def audit_command(
 
 
 __all__ = ["audit_command", "open_db", "token_command", "write_admin_token", "write_token_file"]
+
+
+def ui_link_command(
+    db: DbOption,
+    token_file: Annotated[
+        Path,
+        typer.Option("--token-file", help="file holding the API token the link logs in with"),
+    ],
+    url: Annotated[
+        str, typer.Option("--url", help="where the fleet serves, as a browser reaches it")
+    ] = "http://127.0.0.1:8080",
+    minutes: Annotated[
+        float, typer.Option("--minutes", help="the link works once, within this many minutes")
+    ] = 15.0,
+) -> None:
+    """Print a one-time link that logs a browser into the dashboard with a token's role.
+
+    The link holds a code, not the token: it works once, then it is worth nothing."""
+    from .dashboard.sessions import create_login_link
+
+    if not 0 < minutes <= 24 * 60:
+        _fail("--minutes must be above 0 and at most 1440 (a day)")
+    try:
+        token = token_file.read_text().strip()
+    except OSError as err:
+        _fail(f"--token-file {token_file}: {err.strerror or err}")
+    with open_db(db) as sql:
+        try:
+            code = create_login_link(sql, token, now=time.time(), ttl_s=minutes * 60.0)
+        except OwlgateError as err:
+            _fail(f"--token-file {token_file}: {err}")
+    typer.echo(f"{url.rstrip('/')}/ui/login?code={code}")

@@ -18,7 +18,10 @@ says where they belong:
   rollouts, config keys and config status (:mod:`owlgate.fleet.rollouts`, from ``0510``);
 - ``0600``-``0699``: device downlinks (:mod:`owlgate.fleet.downlinks`);
 - ``0700``-``0799``: provisioning: claim tokens, provisioned devices, offline key bundles
-  (:mod:`owlgate.fleet.provisioning`).
+  (:mod:`owlgate.fleet.provisioning`);
+- ``0800``-``0899``: the facts the dashboard plots: health history, ingest per minute,
+  receptions by gateway (:mod:`owlgate.fleet.store`);
+- ``0900``-``0999``: dashboard login sessions (:mod:`owlgate.fleet.dashboard.sessions`).
 
 Each module that owns tables is listed in :data:`FEATURE_MODULES` and imported by
 :func:`apply`, so a store always has every table whatever the caller imported.
@@ -51,6 +54,7 @@ FEATURE_MODULES: Final = (
     "owlgate.fleet.rollouts",
     "owlgate.fleet.downlinks",
     "owlgate.fleet.provisioning",
+    "owlgate.fleet.dashboard.sessions",
 )
 
 

@@ -10,7 +10,9 @@ must merge those frames. Bad input is mixed in: at the radio (replayed frames, a
 bad radio CRCs, line noise, see :mod:`owlgate.hil.gateway_emulator`) and at the broker
 (forged, unsigned and misattributed batches, and a real batch sent twice).
 
-It prints the API URL and progress, and at the end compares what the emulators generated with
+It prints a one-time login link to the operations dashboard (``/ui/``, the operator's view;
+with a desktop, or ``--open``, it opens in the browser), the API URL and progress, and at the
+end compares what the emulators generated with
 what the API stored, and what bad input was sent with what the edge agents (their
 ``status.json``) and the fleet (``GET /api/v1/stats``) refused. Exit code 1 if a reading is
 missing or a bad input was not refused.
@@ -22,12 +24,14 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import secrets
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import webbrowser
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,6 +272,36 @@ def neighbourhood(
     return mine, [devices[: round(len(devices) * overlap)] for devices in mine]
 
 
+def _dashboard_link(db: Path, token_file: Path, api_url: str) -> str:
+    """A one-time login link to the dashboard for the demo's operator token."""
+    made = subprocess.run(
+        [sys.executable, "-m", MODULE, "fleet", "ui-link", "--db", str(db),
+         "--token-file", str(token_file), "--url", api_url],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if made.returncode != 0:
+        raise DemoFailed(f"fleet ui-link failed: {made.stderr.strip()}")
+    return made.stdout.strip()
+
+
+def can_open_browser() -> bool:
+    """Whether there is a desktop whose browser :mod:`webbrowser` would open (on a headless
+    machine it may pick a text browser, which would take over the terminal)."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _open_browser(url: str, console: Console) -> None:
+    try:
+        opened = webbrowser.open(url, new=2)
+    except webbrowser.Error as err:
+        opened = False
+        console.print(f"could not open a browser ({err}): open the link above")
+    if not opened:
+        console.print("no browser opened: open the dashboard link above")
+
+
 def run_demo(
     *,
     gateways: int,
@@ -280,8 +314,10 @@ def run_demo(
     console: Console,
     overlap: float = DEFAULT_OVERLAP,
     hostile_every: int = DEFAULT_HOSTILE_EVERY,
+    open_browser: bool = False,
 ) -> Summary:
-    """Run the system as the module docstring says; returns the summary."""
+    """Run the system as the module docstring says; returns the summary. With
+    ``open_browser``, the operations dashboard opens in the desktop's browser."""
     workdir.mkdir(parents=True, exist_ok=True)
     db = workdir / "fleet.db"
     seeded = subprocess.run(
@@ -348,6 +384,10 @@ def run_demo(
             )
             children.append(edge)
             edges.append(edge)
+        dashboard = _dashboard_link(db, token_file, api_url)
+        console.print(f"dashboard: [bold]{dashboard}[/]  (a one-time login link)")
+        if open_browser:
+            _open_browser(dashboard, console)
         console.print(f"API: [bold]{api_url}[/]  (e.g. {api_url}/api/v1/nodes)")
         console.print(f"broker: {mqtt_url}; work folder and logs: {workdir}")
         console.print(f"API token (operator): {token_file}")
@@ -489,6 +529,13 @@ def demo(
             help="one bad radio input after every N uplinks of a gateway; 0: none",
         ),
     ] = DEFAULT_HOSTILE_EVERY,
+    open_browser: Annotated[
+        bool | None,
+        typer.Option(
+            "--open/--no-open",
+            help="open the dashboard in the browser (default: when there is a desktop)",
+        ),
+    ] = None,
 ) -> None:
     """Run fleet, broker, emulated gateways and devices and edge agents; at the end compare
     generated and stored readings, and bad input sent and refused. Exit code 1 if any
@@ -502,6 +549,7 @@ def demo(
             gateways=gateways, nodes=nodes, duration=duration, http_port=http_port,
             broker=broker, workdir=folder, seed=chosen, console=console,
             overlap=overlap, hostile_every=hostile_every,
+            open_browser=can_open_browser() if open_browser is None else open_browser,
         )  # fmt: skip
     except ProcessFailed as err:
         console.print(f"[red]error:[/] {err.message}")
