@@ -26,6 +26,7 @@ from . import (
     ota_bench,
     provision_bench,
     serial_bench,
+    ui_bench,
 )
 from .figures import Figure
 
@@ -41,6 +42,7 @@ SUITES = {
     "provision": provision_bench.run,
     "hil": hil_bench.run,
     "hil-run": hil_run_bench.run,
+    "ui": ui_bench.run,
 }
 
 bench_command = typer.Typer(
