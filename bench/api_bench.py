@@ -29,7 +29,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -214,14 +215,12 @@ def _measure(api: str, token: str, scale: Scale, requests: int) -> dict[str, lis
     return times
 
 
-def run(*, quick: bool = False) -> list[Figure]:
-    """``fleet.api_p99_ms`` (seeding the database first if it is not cached)."""
-    scale = QUICK if quick else FULL
-    requests = QUICK_REQUESTS_PER_ROUTE if quick else REQUESTS_PER_ROUTE
-    path, kek = seeded_database(scale)
-    token = _token(path, kek)
+@contextmanager
+def served_fleet(path: Path, kek: Path, instance: str) -> Iterator[str]:
+    """``owlgate fleet serve`` on the database at ``path`` as its own process, with a fresh
+    signing key, for as long as the block runs; yields the HTTP base URL."""
     with (
-        tempfile.TemporaryDirectory(prefix="owlgate-bench-api-") as tmp,
+        tempfile.TemporaryDirectory(prefix=f"owlgate-{instance}-") as tmp,
         children_stopped_at_exit() as children,
     ):
         folder = Path(tmp)
@@ -233,12 +232,21 @@ def run(*, quick: bool = False) -> list[Figure]:
         )
         fleet = ChildProcess(
             "fleet",
-            ["fleet", "serve", "--db", str(path), "--http-port", "0", "--instance", "api-bench",
+            ["fleet", "serve", "--db", str(path), "--http-port", "0", "--instance", instance,
              "--signing-key", str(signing), "--kek-file", str(kek)],
             folder / "fleet.log",
         )  # fmt: skip
         children.append(fleet)
-        api = fleet.expect(r"Uvicorn running on (http://\S+)", STARTUP_TIMEOUT_S).group(1)
+        yield fleet.expect(r"Uvicorn running on (http://\S+)", STARTUP_TIMEOUT_S).group(1)
+
+
+def run(*, quick: bool = False) -> list[Figure]:
+    """``fleet.api_p99_ms`` (seeding the database first if it is not cached)."""
+    scale = QUICK if quick else FULL
+    requests = QUICK_REQUESTS_PER_ROUTE if quick else REQUESTS_PER_ROUTE
+    path, kek = seeded_database(scale)
+    token = _token(path, kek)
+    with served_fleet(path, kek, "api-bench") as api:
         times = _measure(api, token, scale, requests)
     every = [value for values in times.values() for value in values]
     comparisons: dict[str, float] = {}

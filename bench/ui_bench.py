@@ -27,7 +27,6 @@ import re
 import shutil
 import sqlite3
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,22 +35,18 @@ from pathlib import Path
 from typing import Final
 
 import httpx
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-
-from owlgate.hil.processes import ChildProcess, children_stopped_at_exit
 
 from .api_bench import (
     FULL,
     GATEWAY_PREFIX,
     QUICK,
-    STARTUP_TIMEOUT_S,
     Scale,
     _percentile,
     _token,
     cache_folder,
     schema_key,
     seeded_database,
+    served_fleet,
 )
 from .figures import Figure
 
@@ -274,25 +269,7 @@ def _serve_and_measure(
     path: Path, kek: Path, scale: Scale, requests: int, warmups: int
 ) -> dict[str, Timings]:
     token = _token(path, kek)
-    with (
-        tempfile.TemporaryDirectory(prefix="owlgate-bench-ui-") as tmp,
-        children_stopped_at_exit() as children,
-    ):
-        folder = Path(tmp)
-        signing = folder / "fleet-signing-ed25519.pem"
-        signing.write_bytes(
-            Ed25519PrivateKey.generate().private_bytes(
-                Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
-            )
-        )
-        fleet = ChildProcess(
-            "fleet",
-            ["fleet", "serve", "--db", str(path), "--http-port", "0", "--instance", "ui-bench",
-             "--signing-key", str(signing), "--kek-file", str(kek)],
-            folder / "fleet.log",
-        )  # fmt: skip
-        children.append(fleet)
-        base = fleet.expect(r"Uvicorn running on (http://\S+)", STARTUP_TIMEOUT_S).group(1)
+    with served_fleet(path, kek, "ui-bench") as base:
         return _measure(base, token, scale, requests, warmups)
 
 
