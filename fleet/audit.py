@@ -47,6 +47,7 @@ ACTIONS: Final = (
     "broker.credentials_issued",
     "broker.credentials_revoked",
     "device.site_changed",
+    "gateway.site_changed",
     "keys.rewrapped",
     "config.changed",
     "config.key_generated",

@@ -14,6 +14,7 @@ every task they own is awaited or cancelled on shutdown (see :func:`build_server
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import secrets
@@ -51,6 +52,7 @@ from .cli_common import fail as _fail
 from .control import ControlService, control_service
 from .downlinks import downlink_service
 from .export import DEFAULT_RETENTION_INTERVAL_S, RetentionPolicy, retention_service
+from .geo import DEFAULT_CENTRE, MAX_OFFSET_M, LatLon, parse_centre, to_lat_lon
 from .ingest import DEFAULT_VERIFY_WORKERS, ingest_service
 from .joinserver import dev_addr_prefix
 from .mqtt import InstanceNameError, check_instance, default_instance
@@ -60,6 +62,7 @@ from .rollouts import config_service
 from .sql import is_postgres_url
 from .store import FleetError, Store
 from .vault import KeyVault, VaultError
+from .views import make_gateway_site, make_site, set_gateway_site, set_site
 
 DEFAULT_DB = "owlgate-fleet.sqlite3"
 #: File names of a seeded gateway's private keys under ``KEYS_DIR/<gateway_id>/``.
@@ -75,6 +78,13 @@ MANIFEST_FILE = "emulator-secrets.json"
 KEK_FILE = "fleet-kek.json"
 #: The admin API token ``seed`` writes beside the database, for the demo.
 ADMIN_TOKEN_FILE = "admin-token"
+#: How far from ``--centre`` seeded sites lie by default (metres).
+DEFAULT_SITE_RADIUS_M = 1500.0
+#: A seeded zone's centre lies within this share of the radius from the centre, and its
+#: devices within the rest around it, so that every site is inside the radius.
+_ZONE_CENTRE_SHARE = 0.6
+#: A seeded gateway stands this close to its zone's centre (share of the radius).
+_GATEWAY_SHARE = 0.05
 
 #: A background service: given the store, an async context manager that runs while serving.
 Service = Callable[[Store], AbstractAsyncContextManager[object]]
@@ -582,6 +592,69 @@ class SeedResult:
     signing_key: str
 
 
+@dataclass(frozen=True, slots=True)
+class SiteArea:
+    """Where :func:`seed_fleet` puts the sites: within ``radius_m`` of ``centre``."""
+
+    centre: LatLon = DEFAULT_CENTRE
+    radius_m: float = DEFAULT_SITE_RADIUS_M
+
+    def __post_init__(self) -> None:
+        if not 0 < self.radius_m <= MAX_OFFSET_M:
+            raise FleetError(
+                f"the site radius must be more than 0 and at most {MAX_OFFSET_M:g} m, "
+                f"got {self.radius_m:g}"
+            )
+
+
+def _in_disc(rng: random.Random, radius_m: float) -> tuple[float, float]:
+    # Uniform over the disc's area: the square root keeps the centre from crowding.
+    distance = radius_m * (rng.random() ** 0.5)
+    bearing = rng.uniform(0.0, 2 * math.pi)
+    return distance * math.sin(bearing), distance * math.cos(bearing)
+
+
+def seed_sites(
+    store: Store,
+    area: SiteArea,
+    gateway_ids: Sequence[str],
+    dev_euis: Sequence[str],
+    *,
+    seed: int | None,
+    now: float,
+) -> None:
+    """Give each gateway and device a site in ``area``, in one transaction: one zone per
+    gateway (``zone-1``, ``zone-2`` ..., one ``zone-1`` when there is no gateway) with its
+    centre drawn in the area and the gateway beside it; the devices take the zones in turn and
+    stand around their zone's centre. With ``seed`` the same positions again."""
+    rng = random.Random(f"{seed}:sites") if seed is not None else random.Random()
+    zones = max(len(gateway_ids), 1 if dev_euis else 0)
+    centres = [_in_disc(rng, area.radius_m * _ZONE_CENTRE_SHARE) for _ in range(zones)]
+    spread_m = area.radius_m * (1 - _ZONE_CENTRE_SHARE)
+
+    def near(zone: int, radius_m: float) -> LatLon:
+        east, north = _in_disc(rng, radius_m)
+        return to_lat_lon(area.centre, centres[zone][0] + east, centres[zone][1] + north)
+
+    with store.transaction() as db:
+        for index, gid in enumerate(gateway_ids):
+            where = near(index, area.radius_m * _GATEWAY_SHARE)
+            site = make_gateway_site(
+                gid,
+                zone=f"zone-{index + 1}",
+                lat=where.lat,
+                lon=where.lon,
+                label=f"mast {index + 1}",
+            )
+            set_gateway_site(db, site, at=now)
+        for index, eui in enumerate(dev_euis):
+            zone = index % zones
+            where = near(zone, spread_m)
+            set_site(
+                db, make_site(eui, zone=f"zone-{zone + 1}", lat=where.lat, lon=where.lon), at=now
+            )
+
+
 def _write_private(path: Path, data: bytes) -> None:
     # Created 0600 from the start: a key must never exist world-readable, even briefly.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -624,6 +697,7 @@ def seed_fleet(
     now: float,
     profiles: Sequence[str] | None = None,
     otaa_every: int = 2,
+    sites: SiteArea | None = None,
 ) -> SeedResult:
     """Register ``gateways`` gateways (private keys written to ``keys_dir``) and ``nodes``
     devices over the built-in profiles, and make the fleet's signing key
@@ -633,7 +707,8 @@ def seed_fleet(
 
     ``profiles``: the profile of each device in order (then ``nodes`` is ignored); otherwise
     the built-in profiles take turns. Every ``otaa_every``-th device is OTAA (the second,
-    fourth, ... with 2), the others ABP; 0: all ABP."""
+    fourth, ... with 2), the others ABP; 0: all ABP. With ``sites``, every gateway and device
+    gets a site in that area (:func:`seed_sites`)."""
     if otaa_every < 0:
         raise FleetError(f"otaa_every must be 0 or more, got {otaa_every}")
     rng = random.Random(seed)
@@ -726,6 +801,15 @@ def seed_fleet(
             )
             entry |= {"activation": "otaa", "join_eui": join_eui, "app_key": app_key.hex()}
         seeded.devices.append(entry)
+    if sites is not None:
+        seed_sites(
+            store,
+            sites,
+            [gateway["id"] for gateway in seeded.gateways],
+            [device["dev_eui"] for device in seeded.devices],
+            seed=seed,
+            now=now,
+        )
     return seeded
 
 
@@ -782,14 +866,34 @@ def seed(
     otaa_every: Annotated[
         int, typer.Option("--otaa-every", help="every N-th device is OTAA, the rest ABP; 0: none")
     ] = 2,
+    centre: Annotated[
+        str,
+        typer.Option(
+            "--centre", metavar="LAT,LON", help="the middle of the seeded sites (WGS 84 degrees)"
+        ),
+    ] = f"{DEFAULT_CENTRE.lat},{DEFAULT_CENTRE.lon}",
+    radius_m: Annotated[
+        float,
+        typer.Option("--radius-m", help="every seeded site lies within this many metres"),
+    ] = DEFAULT_SITE_RADIUS_M,
+    no_sites: Annotated[
+        bool, typer.Option("--no-sites", help="give the gateways and devices no site")
+    ] = False,
     kek_file: KekFileOption = None,
     kek_env: KekEnvOption = None,
 ) -> None:
-    """Fill a fleet database for a demo: gateways with fresh keys, devices over every profile."""
+    """Fill a fleet database for a demo: gateways with fresh keys, devices over every profile,
+    each with a site (zone and position) around ``--centre``."""
     if gateways < 0 or nodes < 0:
         _fail("--gateways and --nodes must not be negative")
     if otaa_every < 0:
         _fail(f"--otaa-every must be 0 or more, got {otaa_every}")
+    area: SiteArea | None = None
+    if not no_sites:
+        try:
+            area = SiteArea(parse_centre(centre), radius_m)
+        except FleetError as err:
+            _fail(f"--centre {centre} --radius-m {radius_m:g}: {err.message}")
     node_profiles = None if profiles is None else _profile_counts(profiles)
     keys_dir = keys_dir or db_folder(db) / DEFAULT_KEYS_DIR
     manifest = manifest or db_folder(db) / MANIFEST_FILE
@@ -818,6 +922,7 @@ def seed(
             now=time.time(),
             profiles=node_profiles,
             otaa_every=otaa_every,
+            sites=area,
         )
         # An admin API token for the demo (every route needs one) beside the emulator
         # secrets, kept when seeding again.
@@ -847,6 +952,11 @@ def seed(
         f"{len(seeded.devices)} devices ({abp} ABP, {len(seeded.devices) - abp} OTAA) over "
         f"profiles {', '.join(sorted(PROFILES))}; emulator secrets in {manifest} (mode 0600); "
         f"an admin API token in {token_file} (mode 0600)"
+        + (
+            ""
+            if area is None
+            else f"; sites within {area.radius_m:g} m of {area.centre.lat:g},{area.centre.lon:g}"
+        )
     )
 
 

@@ -3,7 +3,9 @@
 The registry knows devices by DevEUI and profile; a city asks "how many bays are free on
 Main Street" and "which bins will be full before the round tomorrow". This module adds where
 a device stands (``device_sites``: zone, street, position, label; migration
-``0300_device_sites``) and two views computed from the readings:
+``0300_device_sites``), where a gateway stands (``gateway_sites``, the same fields and checks;
+migration ``0320_gateway_sites``; the dashboard's plan draws its markers from it) and two
+views computed from the readings:
 
 - **parking** (:func:`parking_view`): every device whose profile produces ``occupied``, with
   the state of its latest reading that carries ``occupied``; grouped by street or zone. A bay
@@ -72,6 +74,7 @@ BIN_PROFILES: Final = tuple(
 
 GroupBy = Literal["street", "zone"]
 BayState = Literal["occupied", "free", "unknown"]
+SiteKind = Literal["device", "gateway"]
 PredictionStatus = Literal["predicted", "full", "too_few_points", "not_rising", "no_readings"]
 
 
@@ -92,21 +95,35 @@ def _device_sites(db: Sql) -> None:
 # --- sites -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Site:
-    """Where a device stands: the zone and street the views group by, its position (WGS 84
-    degrees) and a label people know it by (a bay number, a bin's asset tag)."""
+@migration("0320_gateway_sites")
+def _gateway_sites(db: Sql) -> None:
+    db.execute(
+        db.ddl(
+            "CREATE TABLE gateway_sites ("
+            "gateway_id TEXT PRIMARY KEY REFERENCES gateways (id), "
+            "zone TEXT, street TEXT, lat {float}, lon {float}, label TEXT, "
+            "updated_at {float} NOT NULL)"
+        )
+    )
+    db.execute("CREATE INDEX gateway_sites_zone ON gateway_sites (zone)")
 
-    dev_eui: str
+
+MAX_TEXT: Final = 200
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Place:
+    """Where something stands: the zone and street the views group by, its position (WGS 84
+    degrees) and a label people know it by (a bay number, a bin's asset tag, a mast)."""
+
     zone: str | None = None
     street: str | None = None
     lat: float | None = None
     lon: float | None = None
     label: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def place_json(self) -> dict[str, Any]:
         return {
-            "dev_eui": self.dev_eui,
             "zone": self.zone,
             "street": self.street,
             "lat": self.lat,
@@ -115,22 +132,37 @@ class Site:
         }
 
 
-MAX_TEXT: Final = 200
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Site(Place):
+    """Where a device stands."""
+
+    dev_eui: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dev_eui": self.dev_eui, **self.place_json()}
 
 
-def make_site(
-    dev_eui: str,
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewaySite(Place):
+    """Where a gateway stands (its mast or roof)."""
+
+    gateway_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"gateway_id": self.gateway_id, **self.place_json()}
+
+
+def make_place(
     *,
     zone: str | None = None,
     street: str | None = None,
     lat: float | None = None,
     lon: float | None = None,
     label: str | None = None,
-) -> Site:
-    """A checked :class:`Site`: InvalidError naming the field for a bad DevEUI, text longer
-    than 200 characters, a latitude outside -90..90, a longitude outside -180..180, or only
-    one of the two. Empty text is no value."""
-    eui = eui_hex(dev_eui, "DevEUI")
+) -> Place:
+    """A checked :class:`Place`: InvalidError naming the field for text longer than 200
+    characters, a latitude outside -90..90, a longitude outside -180..180, or only one of the
+    two. Empty text is no value."""
     texts: dict[str, str | None] = {}
     for field, value in (("zone", zone), ("street", street), ("label", label)):
         text = None if value is None else value.strip() or None
@@ -142,29 +174,69 @@ def make_site(
             raise InvalidError(f"{field}: must be -{bound:g} .. {bound:g} degrees, got {degrees}")
     if (lat is None) != (lon is None):
         raise InvalidError("lat, lon: give both coordinates or neither")
-    return Site(
-        dev_eui=eui,
-        zone=texts["zone"],
-        street=texts["street"],
-        lat=lat,
-        lon=lon,
-        label=texts["label"],
-    )
+    return Place(zone=texts["zone"], street=texts["street"], lat=lat, lon=lon, label=texts["label"])
+
+
+def make_site(
+    dev_eui: str,
+    *,
+    zone: str | None = None,
+    street: str | None = None,
+    lat: float | None = None,
+    lon: float | None = None,
+    label: str | None = None,
+) -> Site:
+    """A checked device :class:`Site` (see :func:`make_place`; InvalidError for a bad
+    DevEUI too)."""
+    eui = eui_hex(dev_eui, "DevEUI")
+    place = make_place(zone=zone, street=street, lat=lat, lon=lon, label=label)
+    return Site(dev_eui=eui, **place.place_json())
+
+
+def make_gateway_site(
+    gateway_id: str,
+    *,
+    zone: str | None = None,
+    street: str | None = None,
+    lat: float | None = None,
+    lon: float | None = None,
+    label: str | None = None,
+) -> GatewaySite:
+    """A checked :class:`GatewaySite` (see :func:`make_place`; InvalidError for a bad
+    gateway id too)."""
+    gid = eui_hex(gateway_id, "gateway id")
+    place = make_place(zone=zone, street=street, lat=lat, lon=lon, label=label)
+    return GatewaySite(gateway_id=gid, **place.place_json())
+
+
+#: Per kind of site: its table, key column, the registry table and column it refers to, and
+#: what the kind is called in a message.
+_SITE_TABLES: Final[dict[SiteKind, tuple[str, str, str, str]]] = {
+    "device": ("device_sites", "dev_eui", "devices", "dev_eui"),
+    "gateway": ("gateway_sites", "gateway_id", "gateways", "id"),
+}
+
+
+def _put_site(
+    db: Sql, kind: Literal["device", "gateway"], key: str, place: Place, at: float
+) -> None:
+    table, column, registry, registry_column = _SITE_TABLES[kind]
+    with db.transaction() as tx:
+        if tx.scalar(f"SELECT 1 FROM {registry} WHERE {registry_column} = ?", [key]) is None:
+            raise NotFoundError(f"no {kind} {key}: register it before giving its site")
+        tx.execute(
+            f"INSERT INTO {table} ({column}, zone, street, lat, lon, label, updated_at) "
+            f"VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT ({column}) DO UPDATE SET "
+            "zone = excluded.zone, street = excluded.street, lat = excluded.lat, "
+            "lon = excluded.lon, label = excluded.label, updated_at = excluded.updated_at",
+            [key, place.zone, place.street, place.lat, place.lon, place.label, at],
+        )
 
 
 def set_site(db: Sql, site: Site, *, at: float) -> None:
     """Record (or replace) where ``site.dev_eui`` stands; NotFoundError for a device that is
     not registered."""
-    with db.transaction() as tx:
-        if tx.scalar("SELECT 1 FROM devices WHERE dev_eui = ?", [site.dev_eui]) is None:
-            raise NotFoundError(f"no device {site.dev_eui}: register it before giving its site")
-        tx.execute(
-            "INSERT INTO device_sites (dev_eui, zone, street, lat, lon, label, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dev_eui) DO UPDATE SET "
-            "zone = excluded.zone, street = excluded.street, lat = excluded.lat, "
-            "lon = excluded.lon, label = excluded.label, updated_at = excluded.updated_at",
-            [site.dev_eui, site.zone, site.street, site.lat, site.lon, site.label, at],
-        )
+    _put_site(db, "device", site.dev_eui, site, at)
 
 
 def get_site(db: Sql, dev_eui: str) -> Site | None:
@@ -176,6 +248,40 @@ def get_site(db: Sql, dev_eui: str) -> Site | None:
 def _site(row: dict[str, Any]) -> Site:
     return Site(
         dev_eui=row["dev_eui"],
+        zone=row["zone"],
+        street=row["street"],
+        lat=row["lat"],
+        lon=row["lon"],
+        label=row["label"],
+    )
+
+
+def set_gateway_site(db: Sql, site: GatewaySite, *, at: float) -> None:
+    """Record (or replace) where ``site.gateway_id`` stands; NotFoundError for a gateway that
+    is not registered."""
+    _put_site(db, "gateway", site.gateway_id, site, at)
+
+
+def get_gateway_site(db: Sql, gateway_id: str) -> GatewaySite | None:
+    """Where the gateway stands, or None when nobody said."""
+    rows = db.query(
+        "SELECT * FROM gateway_sites WHERE gateway_id = ?", [eui_hex(gateway_id, "gateway id")]
+    )
+    return _gateway_site(rows[0]) if rows else None
+
+
+def gateway_sites(db: Sql, *, zone: str | None = None) -> list[GatewaySite]:
+    """Every gateway site (of one zone, if given), by gateway id."""
+    if zone is None:
+        rows = db.query("SELECT * FROM gateway_sites ORDER BY gateway_id")
+    else:
+        rows = db.query("SELECT * FROM gateway_sites WHERE zone = ? ORDER BY gateway_id", [zone])
+    return [_gateway_site(row) for row in rows]
+
+
+def _gateway_site(row: dict[str, Any]) -> GatewaySite:
+    return GatewaySite(
+        gateway_id=row["gateway_id"],
         zone=row["zone"],
         street=row["street"],
         lat=row["lat"],
@@ -548,7 +654,7 @@ def _iso(seconds: float | None) -> str | None:
 
 
 class SiteBody(BaseModel):
-    """Where a device stands; every field optional (a missing one is cleared)."""
+    """Where a device or gateway stands; every field optional (a missing one is cleared)."""
 
     zone: str | None = Field(default=None, max_length=MAX_TEXT)
     street: str | None = Field(default=None, max_length=MAX_TEXT)
@@ -578,8 +684,9 @@ def clock_of(request: Request, clock: Callable[[], float] | None = None) -> floa
 
 
 def router(*, clock: Callable[[], float] | None = None) -> APIRouter:
-    """The views' routes: ``GET /api/v1/views/parking``, ``GET /api/v1/views/bins``, and a
-    device's site, ``GET`` / ``PUT /api/v1/nodes/{dev_eui}/site``."""
+    """The views' routes: ``GET /api/v1/views/parking``, ``GET /api/v1/views/bins``, a
+    device's site, ``GET`` / ``PUT /api/v1/nodes/{dev_eui}/site``, and a gateway's,
+    ``GET`` / ``PUT /api/v1/gateways/{gateway_id}/site``."""
     from .api import API_PREFIX
 
     api = APIRouter(prefix=API_PREFIX)
@@ -654,15 +761,49 @@ def router(*, clock: Callable[[], float] | None = None) -> APIRouter:
                 actor=principal,
                 action="device.site_changed",
                 target=site.dev_eui,
-                details={k: v for k, v in site.to_json().items() if k != "dev_eui"},
+                details=site.place_json(),
+            )
+        return site.to_json()
+
+    @api.get("/gateways/{gateway_id}/site", summary="Where a gateway stands")
+    def read_gateway_site(
+        gateway_id: str,
+        store: StoreDep,
+        principal: Annotated[Principal, requires("operator", "technician")],
+    ) -> dict[str, Any]:
+        gateway = store.gateway(_path_eui(gateway_id, "gateway"))
+        found = get_gateway_site(store.sql, gateway.id)
+        return (found or GatewaySite(gateway_id=gateway.id)).to_json()
+
+    @api.put(
+        "/gateways/{gateway_id}/site", summary="Say where a gateway stands (zone, street, position)"
+    )
+    def write_gateway_site(
+        request: Request,
+        gateway_id: str,
+        body: SiteBody,
+        store: StoreDep,
+        principal: Annotated[Principal, requires("technician")],
+    ) -> dict[str, Any]:
+        from .audit import record_event
+
+        site = make_gateway_site(_path_eui(gateway_id, "gateway"), **body.model_dump())
+        with store.sql.transaction() as db:
+            set_gateway_site(db, site, at=clock_of(request, clock))
+            record_event(
+                db,
+                actor=principal,
+                action="gateway.site_changed",
+                target=site.gateway_id,
+                details=site.place_json(),
             )
         return site.to_json()
 
     return api
 
 
-def _path_eui(text: str) -> str:
+def _path_eui(text: str, what: str = "device") -> str:
     lowered = text.lower()
     if len(lowered) != 16 or any(c not in "0123456789abcdef" for c in lowered):
-        raise NotFoundError(f"no device {text!r}: ids are 16 hex digits")
+        raise NotFoundError(f"no {what} {text!r}: ids are 16 hex digits")
     return lowered

@@ -6,7 +6,9 @@ What runs (every part as a user runs it, except the hardware):
 - ``owlgate fleet seed`` registers one fleet gateway per scenario gateway and one device per
   scenario sensor, with the sensor's profile (every ``otaa_every``-th device OTAA, the rest
   ABP); ``owlgate fleet serve`` runs the fleet with its embedded broker, or beside a
-  Mosquitto this runner starts (``broker="mosquitto"``);
+  Mosquitto this runner starts (``broker="mosquitto"``); once it serves, each fleet gateway
+  gets its scenario gateway's position as its site (``PUT /api/v1/gateways/{id}/site``, the
+  district's middle at :data:`SITE_CENTRE`), so the dashboard's plan draws the layout;
 - per gateway an :class:`~owlgate.hil.concentrator.EmulatedConcentrator` on a pty in this
   process, an ``owlgate edge run`` process reading it, and a :class:`Backhaul` relay between
   that agent and the broker (the gateway's uplink, which a fault can take down);
@@ -60,6 +62,7 @@ from typing import Any, Final, Literal
 import httpx
 
 from ..codecs.errors import OwlgateError
+from ..fleet.geo import DEFAULT_CENTRE, to_lat_lon
 from .concentrator import EmulatedConcentrator
 from .demo import edge_config
 from .devices import EmulatedDevice
@@ -84,6 +87,9 @@ from .scenario import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Where a scenario's district lies on the Earth (its middle), for the fleet's gateway sites.
+SITE_CENTRE: Final = DEFAULT_CENTRE
 
 BrokerKind = Literal["embedded", "mosquitto"]
 
@@ -414,7 +420,7 @@ class ScenarioRun:
         _cli(
             ["fleet", "seed", "--db", str(db), "--gateways", str(len(expanded.gateways)),
              "--profiles", _profile_runs(profiles), "--otaa-every", str(self.settings.otaa_every),
-             "--seed", str(self.seed)],
+             "--seed", str(self.seed), "--no-sites"],
             self.workdir, "seed",
         )  # fmt: skip
         token = self.workdir / "operator-token"
@@ -424,8 +430,43 @@ class ScenarioRun:
             self.workdir, "token",
         )  # fmt: skip
         self.token = token.read_text().strip()
+        # Sites are a technician's to set: the gateways' come from the scenario's positions.
+        technician = self.workdir / "technician-token"
+        _cli(
+            ["fleet", "token", "create", "--db", str(db), "--role", "technician",
+             "--name", "hil run sites", "--out", str(technician)],
+            self.workdir, "token-technician",
+        )  # fmt: skip
+        self.technician_token = technician.read_text().strip()
         manifest: dict[str, Any] = json.loads((self.workdir / "emulator-secrets.json").read_text())
         return manifest
+
+    async def _place_gateways(self, manifest: dict[str, Any]) -> None:
+        """Give every fleet gateway the site of its scenario gateway (``PUT
+        /api/v1/gateways/{id}/site``): the district's middle at :data:`SITE_CENTRE`, x east and
+        y north, through the fleet's one projection (:func:`owlgate.fleet.geo.to_lat_lon`)."""
+        district = self.scenario.district
+        headers = {"Authorization": f"Bearer {self.technician_token}"}
+        async with httpx.AsyncClient(base_url=self.api, headers=headers, timeout=30) as http:
+            for placed, entry in zip(self.expanded.gateways, manifest["gateways"], strict=True):
+                gateway = placed.gateway
+                where = to_lat_lon(
+                    SITE_CENTRE,
+                    gateway.x_m - district.width_m / 2,
+                    gateway.y_m - district.height_m / 2,
+                )
+                body = {
+                    "zone": district.name,
+                    "lat": where.lat,
+                    "lon": where.lon,
+                    "label": gateway.gateway_id,
+                }
+                answer = await http.put(f"/api/v1/gateways/{entry['id']}/site", json=body)
+                if answer.status_code != 200:
+                    raise RunFailed(
+                        f"the site of gateway {gateway.gateway_id} was refused: "
+                        f"{answer.status_code} {answer.text}"
+                    )
 
     def _start_fleet(self) -> None:
         fleet = ChildProcess("fleet", self._fleet_args, self.workdir / "fleet.log", append=True)
@@ -795,6 +836,7 @@ class ScenarioRun:
         started = time.monotonic()
         try:
             await self._setup(manifest)
+            await self._place_gateways(manifest)
             self.say(
                 f"every agent ready; {len(devices)} sensors, {_clock(self.duration_s)} of "
                 f"simulated time at {self.settings.speed:g}x"

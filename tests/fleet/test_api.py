@@ -321,6 +321,7 @@ def test_openapi_lists_every_route(client: ApiClient) -> None:
         "/api/v1/alerts/{alert_id}/acknowledge",
         "/api/v1/alert-rules",
         "/api/v1/nodes/{dev_eui}/site",
+        "/api/v1/gateways/{gateway_id}/site",
         "/api/v1/views/parking",
         "/api/v1/views/bins",
         "/api/v1/admin/import",

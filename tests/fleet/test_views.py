@@ -256,6 +256,8 @@ def test_every_data_route_states_its_roles(registry: Store) -> None:
         "GET /api/v1/views/bins": ("admin", "operator", "technician"),
         "GET /api/v1/nodes/{dev_eui}/site": ("admin", "operator", "technician"),
         "PUT /api/v1/nodes/{dev_eui}/site": ("admin", "technician"),
+        "GET /api/v1/gateways/{gateway_id}/site": ("admin", "operator", "technician"),
+        "PUT /api/v1/gateways/{gateway_id}/site": ("admin", "technician"),
         "POST /api/v1/admin/import": ("admin", "technician"),
         "GET /api/v1/admin/export": ("admin", "operator", "technician"),
         "GET /api/v1/export/readings": ("admin", "operator"),
