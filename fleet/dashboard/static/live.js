@@ -14,9 +14,19 @@
     return date.toISOString().replace("T", " ").slice(0, 19) + " UTC";
   }
 
-  function say(text, stale) {
+  // The line's text, with the time in a <time datetime> element (machine-readable, as the
+  // server renders it) when one is given; "rest" follows the time.
+  function say(text, stale, date, rest) {
     if (!live) { return; }
     live.textContent = text;
+    if (date) {
+      var time = document.createElement("time");
+      time.id = "updated";
+      time.setAttribute("datetime", date.toISOString());
+      time.textContent = clock(date);
+      live.appendChild(time);
+      if (rest) { live.appendChild(document.createTextNode(rest)); }
+    }
     live.classList.toggle("stale", stale);
   }
 
@@ -51,12 +61,12 @@
       lastOk = Date.now();
       failing = false;
       var stamp = fresh.getAttribute("data-now");
-      say("Last updated " + clock(stamp ? new Date(stamp) : new Date()), false);
+      say("Last updated ", false, stamp ? new Date(stamp) : new Date());
     }).catch(function () {
       failing = true;
       var gone = Math.round((Date.now() - lastOk) / 1000);
-      say("The fleet server has not answered for " + gone + " s (last update " +
-        clock(new Date(lastOk)) + "); retrying.", true);
+      say("The fleet server has not answered for " + gone + " s (last update ", true,
+        new Date(lastOk), "); retrying.");
     });
   }
 
