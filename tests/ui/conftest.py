@@ -135,7 +135,11 @@ def chromium_path() -> str:
     return require_binary("chromium", "install Debian's chromium (apt-get install chromium)")
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: while Playwright's sync API runs, the thread's asyncio loop is
+# marked running, so asyncio.run() in any other test fails. The driver must stop when the
+# last browser test is done, whatever runs after it (or beside it, in another file of the
+# same worker).
+@pytest.fixture(scope="package")
 def playwright_driver() -> Iterator[Playwright]:
     driver = sync_playwright().start()
     try:
@@ -144,7 +148,7 @@ def playwright_driver() -> Iterator[Playwright]:
         driver.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright_driver: Playwright, chromium_path: str) -> Iterator[Browser]:
     launched = playwright_driver.chromium.launch(
         executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS
