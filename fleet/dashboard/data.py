@@ -32,6 +32,7 @@ from ..store import (
     HearingGateway,
     Store,
 )
+from ..views import gateway_sites
 
 #: Gateway states, worst first (the order of the counts and of "what is wrong").
 GATEWAY_STATES: Final = ("offline", "degraded", "never_seen", "online")
@@ -122,29 +123,7 @@ def drifting_gateways(sql: Sql) -> set[str]:
 
 
 def _gateway_sites(sql: Sql) -> dict[str, Mapping[str, Any]]:
-    if not _has_table(sql, "gateway_sites"):
-        return {}
-    return {
-        str(row["gateway_id"]): row
-        for row in sql.query("SELECT gateway_id, zone, lat, lon, label FROM gateway_sites")
-    }
-
-
-_TABLES: dict[int, set[str]] = {}
-
-
-def _has_table(sql: Sql, name: str) -> bool:
-    # Tables come from migrations, so once seen a table stays; one look per database.
-    known = _TABLES.setdefault(id(sql), set())
-    if name in known:
-        return True
-    if sql.dialect == "postgres":
-        found = sql.scalar("SELECT to_regclass(?) IS NOT NULL", [name])
-    else:
-        found = sql.scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = ?", [name])
-    if found:
-        known.add(name)
-    return bool(found)
+    return {site.gateway_id: site.place_json() for site in gateway_sites(sql)}
 
 
 def _gateway_row(
