@@ -58,6 +58,11 @@ QOS: Final = 1
 IDENTITY_KEY_FILE: Final = "identity-ed25519.pem"
 FLEET_PUBLIC_KEY_FILE: Final = "fleet-ed25519.pub.pem"
 CONNECT_TIMEOUT_S: Final = 10.0
+#: A gateway task is cancelled again this often after this long while it has not ended: a
+#: cancellation that lands while aiomqtt is leaving its client context can be used up there
+#: (waiting for the broker to see the DISCONNECT), and the task then waits for good.
+CANCEL_ROUNDS: Final = 10
+CANCEL_WAIT_S: Final = 2.0
 
 
 class ConfigGatewayError(OwlgateError):
@@ -206,9 +211,7 @@ class ConfigGateways:
     ) -> None:
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _cancel(tasks)
 
     async def connect(self, gateway_id: str) -> None:
         """Connect ``gateway_id`` and return once it is subscribed to its config topic."""
@@ -235,8 +238,7 @@ class ConfigGateways:
         """Take ``gateway_id`` off the broker."""
         task = self._tasks.pop(gateway_id, None)
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await _cancel([task])
 
     async def _run(self, gateway: EmulatedConfigGateway, ready: asyncio.Event) -> None:
         async with aiomqtt.Client(
@@ -264,6 +266,25 @@ class ConfigGateways:
         async with self._changed:
             async with asyncio.timeout(timeout_s):
                 await self._changed.wait_for(predicate)
+
+
+async def _cancel(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until they have ended, cancelling again the ones a round of
+    :data:`CANCEL_WAIT_S` did not end (at most :data:`CANCEL_ROUNDS` rounds; then a warning
+    names what is left). What a task raised other than its cancellation is logged."""
+    every = list(tasks)
+    pending = set(every)
+    for _ in range(CANCEL_ROUNDS):
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_WAIT_S)
+    for task in every:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning("%s ended with %r", task.get_name(), task.exception())
+    if pending:
+        log.warning("still running after cancelling: %s", sorted(t.get_name() for t in pending))
 
 
 def gateways_from_manifest(
