@@ -37,8 +37,12 @@ lint: $(STAMP)
 	# The node-side subset is checked a second time against MicroPython's standard library.
 	$(BIN)/mypy --strict --no-incremental --custom-typeshed-dir "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" codecs/errors.py codecs/node
 
+# Two pytest workers, one per core: most tests wait on servers, agents and brokers rather than
+# compute, so the suite takes about half as long. Each test file stays in one worker (its
+# module fixtures start once). TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 unit: $(STAMP) node
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 test: lint unit
 
