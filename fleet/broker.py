@@ -27,8 +27,10 @@ connection, which sends the Will.
 **Closed connections.** amqtt 0.12 leaves the server side of a connection open on several
 of its exits from ``Broker._client_connected`` (a client that goes away before or right
 after its CONNECT, a take-over, some refusals): the socket is only found by the garbage
-collector, with a ``ResourceWarning``, and until then it holds a file descriptor.
-:class:`ClosingBroker` closes the writer whichever way a connection ends.
+collector, with a ``ResourceWarning``, and until then it holds a file descriptor. Nor does
+its shutdown close connections that are not yet sessions. :class:`ClosingBroker` knows
+every stream from the moment it is accepted, closes it whichever way its handling ends, and
+closes the ones still open when the broker shuts down.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -243,6 +246,42 @@ class ClosingBroker(Broker):  # type: ignore[misc]
     """amqtt's broker, closing every client connection's socket when its handling ends (see
     the module docstring)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._streams: set[asyncio.StreamWriter] = set()
+
+    def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> Coroutine[Any, Any, None]:
+        # asyncio calls this when the connection is made and runs what it returns as a task:
+        # the stream is known from its first moment, even if that task is cancelled (the
+        # loop ending) before it ever runs.
+        self._streams.add(writer)
+        return self._stream_served(reader, writer, listener_name)
+
+    async def _stream_served(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        try:
+            await super().stream_connected(reader, writer, listener_name)
+        finally:
+            self._streams.discard(writer)
+            # amqtt's adapter marks itself closed before it drains, so a cancellation in that
+            # drain left the socket open. Closing the stream itself is idempotent and still
+            # flushes what is buffered.
+            writer.close()
+
+    async def shutdown(self) -> None:
+        try:
+            await super().shutdown()
+        finally:
+            # Connections amqtt was not handling as sessions (no CONNECT yet, or a handler
+            # still winding down) outlive its shutdown: close them, so none is left to the
+            # garbage collector once the loop is gone.
+            for writer in list(self._streams):
+                writer.close()
+            self._streams.clear()
+
     async def _client_connected(self, listener_name: str, reader: Any, writer: Any) -> None:
         try:
             await super()._client_connected(listener_name, reader, writer)
@@ -260,11 +299,12 @@ class ClosingBroker(Broker):  # type: ignore[misc]
                     transport.abort()
 
 
-if not hasattr(Broker, "_client_connected"):
-    # The hook above would silently stop running: better to fail at import, in the tests.
-    raise ImportError(
-        "amqtt.broker.Broker no longer has _client_connected: ClosingBroker needs updating"
-    )
+for _hook in ("stream_connected", "_client_connected"):
+    if not hasattr(Broker, _hook):
+        # The hooks above would silently stop running: better to fail at import, in the tests.
+        raise ImportError(
+            f"amqtt.broker.Broker no longer has {_hook}: ClosingBroker needs updating"
+        )
 
 
 class EmbeddedBroker:

@@ -53,7 +53,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -210,7 +210,7 @@ class Backhaul:
         self.up = False
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.connections = 0
 
     @property
@@ -218,7 +218,7 @@ class Backhaul:
         return f"mqtt://{LOOPBACK}:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, LOOPBACK, self.port)
+        self._server = await asyncio.start_server(self._accepted, LOOPBACK, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         self.up = True
 
@@ -242,22 +242,42 @@ class Backhaul:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def _accepted(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Coroutine[Any, Any, None]:
+        # Called when the connection is made, before its task runs: down() closes the stream
+        # even when the task never gets to.
+        self._pipes.add(writer)
+        return self._accept(reader, writer)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._track(asyncio.current_task())
         if not self.up:
-            writer.close()
+            self._drop(writer)
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError as err:
             log.info("%s backhaul: broker %s:%d refused (%s)", self.name, *self.target, err)
-            writer.close()
+            self._drop(writer)
+            return
+        if writer not in self._pipes:
+            # Taken down while the broker side was connecting.
+            up_writer.close()
             return
         self.connections += 1
-        self._pipes.update((writer, up_writer))
+        self._pipes.add(up_writer)
         for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
+            self._track(asyncio.create_task(self._pipe(source, sink)))
+
+    def _track(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _drop(self, writer: asyncio.StreamWriter) -> None:
+        self._pipes.discard(writer)
+        writer.close()
 
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         try:

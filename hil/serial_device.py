@@ -279,6 +279,9 @@ class SerialDevice(AsyncLifecycle):
         self._server: asyncio.Server | None = None
         self._serving: asyncio.Task[None] | None = None
         self._client: asyncio.StreamWriter | None = None
+        #: Every accepted TCP stream not yet closed, registered when it is accepted: one
+        #: whose task never got to run (unplugged or stopped at once) is still closed.
+        self._accepted: set[asyncio.StreamWriter] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lanes: dict[str, dict[Direction, _Lane]] = {}
         self._replug_timer: asyncio.TimerHandle | None = None
@@ -411,8 +414,12 @@ class SerialDevice(AsyncLifecycle):
     async def _serve(self, listener: socket.socket) -> None:
         plug_number = self._plug_number
 
-        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._accept(reader, writer, plug_number)
+        def accept(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> Coroutine[Any, Any, None]:
+            # Called when the connection is made; asyncio runs the coroutine as a task.
+            self._accepted.add(writer)
+            return self._accept(reader, writer, plug_number)
 
         try:
             server = await asyncio.start_server(accept, sock=listener)
@@ -462,6 +469,9 @@ class SerialDevice(AsyncLifecycle):
                 listener.shutdown(socket.SHUT_RDWR)
         # Closing the client's writer ends its reader loop (end of file): no cancel needed.
         self._drop_client()
+        for writer in list(self._accepted):
+            writer.close()
+        self._accepted.clear()
         return server
 
     async def _closed(self, server: asyncio.Server | None) -> None:
@@ -491,6 +501,7 @@ class SerialDevice(AsyncLifecycle):
         assert loop is not None
         if not self.plugged or plug_number != self._plug_number:
             log.info("%s: a TCP client from before an unplug is closed", self.label)
+            self._accepted.discard(writer)
             writer.close()
             return
         if self._client is not None:
@@ -506,6 +517,7 @@ class SerialDevice(AsyncLifecycle):
         finally:
             if self._client is writer:
                 self._drop_client()
+            self._accepted.discard(writer)
             writer.close()
 
     def _tcp_write(self, data: bytes, rate: int | None) -> None:

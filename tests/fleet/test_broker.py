@@ -197,3 +197,40 @@ def test_connections_that_end_before_connect_leave_no_socket_open() -> None:
     finally:
         gc.enable()
     assert after <= before
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc (Linux)")
+def test_connections_still_waiting_for_connect_are_closed_when_the_broker_stops() -> None:
+    # Clients that connected but sent no CONNECT are not sessions yet, so amqtt's shutdown
+    # does not see them; the embedded broker closes them itself when it stops.
+    clients = 5
+
+    async def scenario() -> tuple[int, int]:
+        broker = EmbeddedBroker()
+        await broker.start()
+        await asyncio.sleep(0.1)
+        before = _open_sockets()  # the broker's listener among them
+        writers = [
+            (await asyncio.open_connection(broker.host, broker.port))[1] for _ in range(clients)
+        ]
+        await asyncio.sleep(0.2)
+        assert _open_sockets() == before + 2 * clients  # both ends of each, in this process
+        await broker.stop()
+        # Left: the clients' own ends, not the listener or the broker's ends.
+        expected = before - 1 + clients
+        for _ in range(50):
+            if _open_sockets() <= expected:
+                break
+            await asyncio.sleep(0.05)
+        after = _open_sockets()
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()
+        return after, expected
+
+    gc.disable()
+    try:
+        after, expected = asyncio.run(scenario())
+    finally:
+        gc.enable()
+    assert after == expected
