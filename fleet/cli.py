@@ -982,7 +982,8 @@ def rotate_kek(
     kek_file: KekFileOption = None,
     kek_env: KekEnvOption = None,
 ) -> None:
-    """Re-wrap every device key under a new key-encryption key, in one transaction."""
+    """Re-wrap every secret under a new key-encryption key, in one transaction: device keys,
+    the AppKeys reserved for offline bundles, and config signing keys."""
     if not is_postgres_url(db) and not Path(db).is_file():
         _fail(f"--db {db}: no such database file")
     old = load_vault(db, kek_file, kek_env)
@@ -1003,7 +1004,7 @@ def rotate_kek(
                 "needs an id of its own"
             )
         try:
-            count = store.rewrap_keys(new.with_older([old]))
+            counts = store.rewrap_keys(new.with_older([old]))
             # After the rewrap's own transaction: it ends with a WAL checkpoint, which SQLite
             # cannot run inside one.
             from .audit import record_event
@@ -1013,15 +1014,20 @@ def rotate_kek(
                 actor=cli_actor(),
                 action="keys.rewrapped",
                 target=f"kek-id:{new.key_id}",
-                details={"rewrapped": count, "previous_kek_id": old.key_id},
+                details={
+                    "rewrapped": sum(counts.values()),
+                    "by_kind": counts,
+                    "previous_kek_id": old.key_id,
+                },
             )
         except OwlgateError as err:
             _fail(f"--db {shown_db(db)}: {err}")
     finally:
         store.close()
+    kinds = ", ".join(f"{what}: {count}" for what, count in counts.items())
     typer.echo(
-        f"re-wrapped {count} keys in {shown_db(db)} under KEK {new.key_id!r} ({new_kek_file}); "
-        f"the old KEK {old.key_id!r} is no longer needed"
+        f"re-wrapped {sum(counts.values())} keys ({kinds}) in {shown_db(db)} under KEK "
+        f"{new.key_id!r} ({new_kek_file}); the old KEK {old.key_id!r} is no longer needed"
     )
 
 

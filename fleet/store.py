@@ -562,12 +562,21 @@ class Store:
             db.execute("SELECT pg_advisory_xact_lock(?)", [_INGEST_LOCK])
 
     def _adopt_keys(self, vault: KeyVault) -> int:
-        """Check that ``vault`` can unwrap what is stored and wrap plaintext keys; returns
-        how many were wrapped."""
+        """Check that ``vault`` can unwrap what is stored (every wrapped secret, one per KEK
+        id) and wrap plaintext device keys; returns how many were wrapped."""
         with self._scrubbing(), self.transaction() as db:
             rows = db.query_tuples(f"SELECT dev_eui, {', '.join(KEY_COLUMNS)} FROM device_keys")
             plaintext: list[tuple[str, str, bytes]] = []
             checked: set[str] = set()
+
+            def check(value: bytes) -> None:
+                key_id = kek_id_of(value)
+                if key_id not in checked:
+                    # One secret per KEK id: RFC 3394's integrity check on it proves the vault
+                    # holds the right KEK under that id (or raises WrongKekError).
+                    vault.unwrap(value)
+                    checked.add(key_id)
+
             for eui, *values in rows:
                 for column, value in zip(KEY_COLUMNS, values, strict=True):
                     if value is None:
@@ -580,12 +589,13 @@ class Store:
                             )
                         plaintext.append((eui, column, bytes(value)))
                         continue
-                    key_id = kek_id_of(value)
-                    if key_id not in checked:
-                        # One key per KEK id: RFC 3394's integrity check on it proves the
-                        # vault holds the right KEK under that id (or raises WrongKekError).
-                        vault.unwrap(value)
-                        checked.add(key_id)
+                    check(bytes(value))
+            for secrets in WRAPPED_SECRETS[1:]:
+                for column in secrets.columns:
+                    for (value,) in db.query_tuples(
+                        f"SELECT {column} FROM {secrets.table} WHERE {column} IS NOT NULL"
+                    ):
+                        check(bytes(value))
             for eui, column, key in plaintext:
                 db.execute(
                     f"UPDATE device_keys SET {column} = ? WHERE dev_eui = ?",
@@ -602,47 +612,63 @@ class Store:
         return len(plaintext)
 
     def kek_ids_in_use(self) -> set[str]:
-        """The ids of the KEKs the stored keys are wrapped under (no vault needed): which
+        """The ids of the KEKs the stored secrets are wrapped under (no vault needed): which
         KEK this database, or a backup of it, needs."""
         found: set[str] = set()
-        for column in KEY_COLUMNS:
-            for (value,) in self.sql.query_tuples(
-                f"SELECT DISTINCT substr({column}, 1, 34) FROM device_keys "
-                f"WHERE {column} IS NOT NULL"
-            ):
-                value = bytes(value)
-                if len(value) >= 3 and value[0] == 1 and len(value) >= 2 + value[1]:
-                    found.add(value[2 : 2 + value[1]].decode("ascii", "replace"))
+        for secrets in WRAPPED_SECRETS:
+            for column in secrets.columns:
+                for (value,) in self.sql.query_tuples(
+                    f"SELECT DISTINCT substr({column}, 1, 34) FROM {secrets.table} "
+                    f"WHERE {column} IS NOT NULL"
+                ):
+                    value = bytes(value)
+                    if len(value) >= 3 and value[0] == 1 and len(value) >= 2 + value[1]:
+                        found.add(value[2 : 2 + value[1]].decode("ascii", "replace"))
         return found
 
-    def rewrap_keys(self, vault: KeyVault | None = None) -> int:
-        """Re-wrap every stored key under the current KEK of ``vault`` (default: the store's
-        own), in one transaction; returns how many keys were re-wrapped. ``vault`` must also
-        hold the KEK the keys are wrapped under now (:meth:`KeyVault.with_older`). Every key
-        is unwrapped before any is written, so a KEK missing or wrong refuses with
-        WrongKekError and changes nothing. The store uses ``vault`` from then on."""
+    def rewrap_keys(self, vault: KeyVault | None = None) -> dict[str, int]:
+        """Re-wrap every stored secret (:data:`WRAPPED_SECRETS`: device keys, reserved
+        AppKeys, config signing keys) under the current KEK of ``vault`` (default: the
+        store's own), in one transaction; returns how many of each were re-wrapped, by what
+        they are. ``vault`` must also hold the KEK they are wrapped under now
+        (:meth:`KeyVault.with_older`). Everything is unwrapped before anything is written,
+        so a KEK missing or wrong refuses with WrongKekError and changes nothing. The store
+        uses ``vault`` from then on."""
         vault = vault or self.vault
         if vault is None:
             raise VaultRequiredError("re-wrapping keys needs a vault")
+        counts: dict[str, int] = {}
         with self._scrubbing(), self.transaction() as db:
-            rows = db.query_tuples(
-                f"SELECT dev_eui, {', '.join(KEY_COLUMNS)} FROM device_keys ORDER BY dev_eui"
-            )
-            fresh: list[tuple[bytes | None, ...]] = []
-            count = 0
-            for eui, *values in rows:
-                keys = [None if v is None else vault.unwrap(v) for v in values]
-                count += sum(1 for key in keys if key is not None)
-                fresh.append((*(None if k is None else vault.wrap(k) for k in keys), eui))
-            db.executemany(
-                "UPDATE device_keys SET "
-                + ", ".join(f"{column} = ?" for column in KEY_COLUMNS)
-                + " WHERE dev_eui = ?",
-                fresh,
-            )
+            updates: list[tuple[WrappedSecrets, list[tuple[Any, ...]]]] = []
+            for secrets in WRAPPED_SECRETS:
+                rows = db.query_tuples(
+                    f"SELECT {secrets.row_key}, {', '.join(secrets.columns)} "
+                    f"FROM {secrets.table} ORDER BY {secrets.row_key}"
+                )
+                fresh: list[tuple[Any, ...]] = []
+                count = 0
+                for row_key, *values in rows:
+                    keys = [None if v is None else vault.unwrap(v) for v in values]
+                    if all(key is None for key in keys):
+                        continue
+                    count += sum(1 for key in keys if key is not None)
+                    fresh.append((*(None if k is None else vault.wrap(k) for k in keys), row_key))
+                updates.append((secrets, fresh))
+                counts[secrets.what] = count
+            for secrets, fresh in updates:
+                db.executemany(
+                    f"UPDATE {secrets.table} SET "
+                    + ", ".join(f"{column} = ?" for column in secrets.columns)
+                    + f" WHERE {secrets.row_key} = ?",
+                    fresh,
+                )
             self.vault = vault
-        log.info("re-wrapped %d device keys under KEK %r", count, vault.key_id)
-        return count
+        log.info(
+            "re-wrapped under KEK %r: %s",
+            vault.key_id,
+            ", ".join(f"{what}: {count}" for what, count in counts.items()),
+        )
+        return counts
 
     @contextmanager
     def _scrubbing(self) -> Iterator[None]:
@@ -1740,6 +1766,29 @@ def _describe(sql: Sql) -> str:
 
 #: The columns of ``device_keys`` that hold a wrapped key.
 KEY_COLUMNS: Final = ("app_key", "nwk_s_key", "app_s_key")
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedSecrets:
+    """Columns of one table that hold secrets wrapped under the vault's KEK."""
+
+    table: str
+    #: The column that names a row (for ``UPDATE ... WHERE``).
+    row_key: str
+    columns: tuple[str, ...]
+    #: What they are, for messages: "device keys".
+    what: str
+
+
+#: Every secret wrapped under the KEK, in every table: the KEK checks at open, ``rotate-kek``
+#: and :meth:`Store.kek_ids_in_use` cover all of them. The AppKeys reserved for offline
+#: provisioning bundles are ``fleet/provisioning.py``'s, the config signing keys
+#: ``fleet/rollouts.py``'s.
+WRAPPED_SECRETS: Final = (
+    WrappedSecrets("device_keys", "dev_eui", KEY_COLUMNS, "device keys"),
+    WrappedSecrets("key_reservations", "id", ("app_key",), "reserved AppKeys"),
+    WrappedSecrets("config_keys", "key_id", ("private_key",), "config signing keys"),
+)
 
 #: Rows per dedup query: four parameters each, well under SQLite's historical limit of 999
 #: bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER before 3.32).

@@ -227,7 +227,9 @@ def test_fleet_seed_and_rotate_kek_take_a_postgresql_url(postgres_url: str, tmp_
     )
     assert rotated.exit_code == 0, rotated.output
     # Two keys per ABP device, one per OTAA device: the seed makes both kinds.
-    assert re.search(r"re-wrapped [3-6] keys in postgresql://", rotated.output)
+    assert re.search(
+        r"re-wrapped [3-6] keys \(device keys: [3-6], .*\) in postgresql://", rotated.output
+    )
     with Store(postgres_url, vault=KeyVault.from_file(tmp_path / "kek2.json")) as store:
         assert store.kek_ids_in_use() == {KeyVault.from_file(tmp_path / "kek2.json").key_id}
         for device in store.devices().items:

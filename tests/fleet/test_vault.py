@@ -3,22 +3,37 @@ and a scan of the database file for any key in plaintext, before and after a rot
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import sqlite3
 import stat
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from owlgate.codecs.bundle import open_bundle
 from owlgate.codecs.lorawan import AesKey, JoinRequest
 from owlgate.fleet import audit
+from owlgate.fleet.auth import Principal
 from owlgate.fleet.cli import KEK_FILE, fleet_command
 from owlgate.fleet.joinserver import JoinServer
+from owlgate.fleet.provisioning import (
+    BundleRequest,
+    ProvisioningSettings,
+    Registration,
+    SyncRequest,
+    issue_bundle,
+    sync_bundle,
+)
+from owlgate.fleet.rollouts import active_signing_key
 from owlgate.fleet.store import KEY_COLUMNS, Store
 from owlgate.fleet.vault import (
     KeyVault,
@@ -492,3 +507,75 @@ def test_serve_needs_the_kek(tmp_path: Path) -> None:
     loose = RUNNER.invoke(fleet_command, ["serve", "--db", str(db)])
     assert loose.exit_code == 2
     assert "chmod 600" in loose.stderr
+
+
+def test_rotation_rewraps_the_config_key_and_the_appkeys_reserved_for_offline_bundles(
+    tmp_path: Path,
+) -> None:
+    # No device yet: only the config signing key and a bundle's reserved AppKeys are wrapped,
+    # so nothing else would show whether the rotation (and the KEK check at open) sees them.
+    db = tmp_path / "fleet.db"
+    assert RUNNER.invoke(fleet_command, ["seed", "--db", str(db), "--nodes", "0"]).exit_code == 0
+    old = KeyVault.from_file(tmp_path / "gateway-keys" / KEK_FILE)
+    made = RUNNER.invoke(fleet_command, ["config-key", "generate", "--db", str(db), "--json"])
+    assert made.exit_code == 0, made.stderr
+    config_public = json.loads(made.stdout)["public_key"]
+    laptop = X25519PrivateKey.generate()
+    technician = Principal(token_id="00000000000000d1", name="ladder", role="technician")
+    with Store(db, vault=old) as store:
+        issued = issue_bundle(
+            store,
+            ProvisioningSettings(),
+            BundleRequest(
+                count=3,
+                profile_id="parking-v1",
+                public_key=laptop.public_key().public_bytes_raw().hex(),
+            ),
+            principal=technician,
+            now=time.time(),
+        )
+    reserved = open_bundle(laptop, base64.b64decode(issued["bundle"])).reservations
+
+    new_kek = tmp_path / "new-kek.json"
+    rotated = RUNNER.invoke(
+        fleet_command,
+        ["rotate-kek", "--db", str(db), "--new-kek-file", str(new_kek), "--new-kek-id", "k2"],
+    )
+    assert rotated.exit_code == 0, rotated.stderr
+    assert (
+        "re-wrapped 4 keys (device keys: 0, reserved AppKeys: 3, config signing keys: 1)"
+        in rotated.stdout
+    )
+    new = KeyVault.from_file(new_kek)
+    with Store(db, vault=new) as store:
+        assert store.kek_ids_in_use() == {"k2"}
+        # The fleet still signs with the same key: gateways go on trusting its documents.
+        signer = active_signing_key(store.sql, new)
+        assert signer is not None
+        assert signer.public_key().public_bytes_raw().hex() == config_public
+        # A technician's sync after the rotation registers the modules with the keys the
+        # bundle gave them.
+        synced = sync_bundle(
+            store,
+            SyncRequest(
+                bundle_id=issued["bundle_id"],
+                registrations=[
+                    Registration(
+                        reservation=item.id,
+                        dev_eui=f"70b3d57ed00001{index:02x}",
+                        provisioned_at=datetime.now(UTC),
+                    )
+                    for index, item in enumerate(reserved)
+                ],
+            ),
+            principal=technician,
+            now=time.time(),
+        )
+        assert [item["result"] for item in synced["results"]] == ["created"] * 3
+        for index, item in enumerate(reserved):
+            keys = store.device_keys(f"70b3d57ed00001{index:02x}")
+            assert keys.app_key == item.app_key
+    # The old KEK alone no longer opens the database, though no device key is stored.
+    with pytest.raises(WrongKekError) as old_only:
+        Store(db, vault=old)
+    assert old_only.value.kek_id == "k2"
