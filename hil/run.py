@@ -7,8 +7,9 @@ What runs (every part as a user runs it, except the hardware):
   scenario sensor, with the sensor's profile (every ``otaa_every``-th device OTAA, the rest
   ABP); ``owlgate fleet serve`` runs the fleet with its embedded broker, or beside a
   Mosquitto this runner starts (``broker="mosquitto"``); once it serves, each fleet gateway
-  gets its scenario gateway's position as its site (``PUT /api/v1/gateways/{id}/site``, the
-  district's middle at :data:`SITE_CENTRE`), so the dashboard's plan draws the layout;
+  and device gets its scenario gateway's or sensor's position as its site (``PUT
+  /api/v1/gateways/{id}/site``, ``PUT /api/v1/nodes/{dev_eui}/site``, the district's middle
+  at :data:`SITE_CENTRE`), so the dashboard's plan draws the layout;
 - per gateway an :class:`~owlgate.hil.concentrator.EmulatedConcentrator` on a pty in this
   process, an ``owlgate edge run`` process reading it, and a :class:`Backhaul` relay between
   that agent and the broker (the gateway's uplink, which a fault can take down);
@@ -88,8 +89,10 @@ from .scenario import (
 
 log = logging.getLogger(__name__)
 
-#: Where a scenario's district lies on the Earth (its middle), for the fleet's gateway sites.
+#: Where a scenario's district lies on the Earth (its middle), for the fleet's sites.
 SITE_CENTRE: Final = DEFAULT_CENTRE
+#: Sites set at once over HTTP when a run places its gateways and sensors.
+SITE_REQUESTS: Final = 8
 
 BrokerKind = Literal["embedded", "mosquitto"]
 
@@ -461,32 +464,43 @@ class ScenarioRun:
         manifest: dict[str, Any] = json.loads((self.workdir / "emulator-secrets.json").read_text())
         return manifest
 
-    async def _place_gateways(self, manifest: dict[str, Any]) -> None:
-        """Give every fleet gateway the site of its scenario gateway (``PUT
-        /api/v1/gateways/{id}/site``): the district's middle at :data:`SITE_CENTRE`, x east and
-        y north, through the fleet's one projection (:func:`owlgate.fleet.geo.to_lat_lon`)."""
+    async def _place(self, manifest: dict[str, Any]) -> None:
+        """Give every fleet gateway and device the site of its scenario gateway or sensor
+        (``PUT /api/v1/gateways/{id}/site``, ``PUT /api/v1/nodes/{dev_eui}/site``), for the
+        dashboard's plan: the district's middle at :data:`SITE_CENTRE`, x east and y north,
+        through the fleet's one projection (:func:`owlgate.fleet.geo.to_lat_lon`)."""
         district = self.scenario.district
+        sites: list[tuple[str, str, float, float]] = [
+            (f"/api/v1/gateways/{entry['id']}/site", placed.gateway.gateway_id,
+             placed.gateway.x_m, placed.gateway.y_m)
+            for placed, entry in zip(self.expanded.gateways, manifest["gateways"], strict=True)
+        ]  # fmt: skip
+        sites += [
+            (f"/api/v1/nodes/{entry['dev_eui']}/site", placed.device.device_id,
+             placed.device.x_m, placed.device.y_m)
+            for placed, entry in zip(self.expanded.sensors, manifest["devices"], strict=True)
+        ]  # fmt: skip
         headers = {"Authorization": f"Bearer {self.technician_token}"}
-        async with httpx.AsyncClient(base_url=self.api, headers=headers, timeout=30) as http:
-            for placed, entry in zip(self.expanded.gateways, manifest["gateways"], strict=True):
-                gateway = placed.gateway
+        limits = httpx.Limits(max_connections=SITE_REQUESTS)
+        async with httpx.AsyncClient(
+            base_url=self.api, headers=headers, timeout=30, limits=limits
+        ) as http:
+
+            async def place(path: str, label: str, x_m: float, y_m: float) -> None:
                 where = to_lat_lon(
-                    SITE_CENTRE,
-                    gateway.x_m - district.width_m / 2,
-                    gateway.y_m - district.height_m / 2,
+                    SITE_CENTRE, x_m - district.width_m / 2, y_m - district.height_m / 2
                 )
-                body = {
-                    "zone": district.name,
-                    "lat": where.lat,
-                    "lon": where.lon,
-                    "label": gateway.gateway_id,
-                }
-                answer = await http.put(f"/api/v1/gateways/{entry['id']}/site", json=body)
+                body = {"zone": district.name, "lat": where.lat, "lon": where.lon, "label": label}
+                answer = await http.put(path, json=body)
                 if answer.status_code != 200:
                     raise RunFailed(
-                        f"the site of gateway {gateway.gateway_id} was refused: "
-                        f"{answer.status_code} {answer.text}"
+                        f"the site of {label} was refused: {answer.status_code} {answer.text}"
                     )
+
+            for first in range(0, len(sites), SITE_REQUESTS):
+                await asyncio.gather(
+                    *(place(*site) for site in sites[first : first + SITE_REQUESTS])
+                )
 
     def _start_fleet(self) -> None:
         fleet = ChildProcess("fleet", self._fleet_args, self.workdir / "fleet.log", append=True)
@@ -856,7 +870,7 @@ class ScenarioRun:
         started = time.monotonic()
         try:
             await self._setup(manifest)
-            await self._place_gateways(manifest)
+            await self._place(manifest)
             self.say(
                 f"every agent ready; {len(devices)} sensors, {_clock(self.duration_s)} of "
                 f"simulated time at {self.settings.speed:g}x"

@@ -17,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from owlgate.fleet.geo import LatLon, to_metres
+from owlgate.fleet.store import Store
+from owlgate.fleet.views import gateway_sites, get_site
 from owlgate.hil.report import _cause
-from owlgate.hil.run import Backhaul, RunFailed, RunSettings, Sent, resolve_scenario
+from owlgate.hil.run import SITE_CENTRE, Backhaul, RunFailed, RunSettings, Sent, resolve_scenario
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -112,6 +115,28 @@ def test_a_shipped_scenario_runs_against_real_agents_and_reports(tmp_path: Path)
     assert "| gw-west |" in text
     assert "| gw-east |" in text
     assert "frames stored" in done.stdout
+    # The fleet knows where everything stands, for the dashboard's plan: the scenario's
+    # positions (metres from the district's corner), the district's middle at SITE_CENTRE.
+    with Store(tmp_path / "run" / "fleet.db") as store:
+
+        def metres(lat: float | None, lon: float | None) -> tuple[float, float]:
+            assert lat is not None
+            assert lon is not None
+            east, north = to_metres(SITE_CENTRE, LatLon(lat, lon))
+            return east + 600, north + 150  # the district is 1,200 m by 300 m
+
+        placed = {site.label: metres(site.lat, site.lon) for site in gateway_sites(store.sql)}
+        assert placed.keys() == {"gw-west", "gw-east"}
+        for label, (x, y) in {"gw-west": (300, 150), "gw-east": (900, 150)}.items():
+            assert abs(placed[label][0] - x) < 1
+            assert abs(placed[label][1] - y) < 1
+        bays = [get_site(store.sql, device["dev_eui"]) for device in report["devices"]]
+        assert all(bay is not None and bay.zone == "parking street" for bay in bays)
+        # 200 bays on the line from (100, 140) to (1100, 140).
+        spots = sorted(metres(bay.lat, bay.lon) for bay in bays if bay is not None)
+        assert all(abs(y - 140) < 1 for _, y in spots)
+        assert abs(spots[0][0] - 100) < 6
+        assert abs(spots[-1][0] - 1100) < 6
 
 
 def test_a_power_cut_and_an_outage_are_on_the_timeline_and_account_for_every_loss(
