@@ -18,12 +18,10 @@ a LoRaWAN 1.0.3 join request (its DevEUI, JoinEUI and AppKey, a fresh random Dev
 6.2.4) and prints ``+EVT:JOINED`` when a join accept it can open with its AppKey arrives, or,
 when none came within the receive window (:data:`JOIN_RX_TIMEOUT_S`, JOIN_ACCEPT_DELAY2) after
 the last attempt, ``+EVT:JOIN_FAILED_RX_TIMEOUT``. ``AT+NJS=?`` answers 1 once joined. The
-radio is the loopback "air" of :mod:`owlgate.hil.gateway_emulator`: with ``air_address`` the
-join request goes as one JSON datagram (``phy`` in hex, ``rssi_dbm``, ``snr_db``,
-``frequency_hz``, ``sf``) to that address, a gateway emulator's ``--air-port``, and the module
-listens on ``air_receive_port`` for what gateways transmit (their ``--tx-air-port``), the same
-format. Without ``air_address`` a join request reaches no gateway and the join fails after the
-window. The join status is not flash-stored: a restart forgets it.
+radio is a :class:`owlgate.hil.module_radio.JoinRadio` on the loopback "air" of
+:mod:`owlgate.hil.gateway_emulator` (``air_address``, ``air_receive_port``); without
+``air_address`` a join request reaches no gateway and the join fails after the window. The
+join status is not flash-stored: a restart forgets it.
 
 :class:`EmulatedSerialModule` is what it shares with the RN2483 emulator
 (:mod:`owlgate.hil.rn2483`): the port (a :class:`owlgate.hil.serial_device.SerialDevice`:
@@ -43,18 +41,15 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import json
 import logging
 import os
 import random
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Self
 
-from ..codecs.errors import CodecError, LorawanError
-from ..codecs.lorawan import AesKey, EncryptedJoinAccept, JoinRequest
+from ..codecs.errors import CodecError
 from ..codecs.rui3 import (
     MAX_LINE_BYTES,
     Request,
@@ -66,6 +61,7 @@ from ..codecs.rui3 import (
     parse_values,
 )
 from .faults import FaultKind, FaultPlan
+from .module_radio import JOIN_RX_TIMEOUT_S, JoinKeys, JoinRadio
 from .pty import AsyncLifecycle
 from .serial_device import CommandTable, OnSerialDevice, SerialDevice
 
@@ -80,15 +76,6 @@ FACTORY_DEV_EUI: Final = bytes.fromhex("AC1F09FFFE0A0B0C")
 BAND_EU868: Final = 4
 #: How long a restart takes before the banner.
 RESTART_DELAY_S: Final = 0.05
-#: How long a join attempt waits for its accept: JOIN_ACCEPT_DELAY2 (LoRaWAN 1.0.3 section
-#: 6.2.5, EU868 in RP002) plus the RX2 window.
-JOIN_RX_TIMEOUT_S: Final = 6.5
-#: How the module is heard on the emulated air, and the channel of its join request (EU868
-#: join channel 868.1 MHz at DR5, SF7 / 125 kHz).
-AIR_RSSI_DBM: Final = -90
-AIR_SNR_DB: Final = 7.5
-JOIN_FREQUENCY_HZ: Final = 868_100_000
-JOIN_SF: Final = 7
 #: The AT+JOIN defaults (RUI3 AT Command Manual): no auto-join, 8 s between attempts.
 DEFAULT_JOIN_INTERVAL_S: Final = 8
 #: Commands that exist only in LoRaWAN work mode.
@@ -386,22 +373,21 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
             plan=plan,
             paced=paced,
         )
-        self.air_address = air_address
-        self.air_receive_port = air_receive_port
-        self.join_rx_timeout_s = join_rx_timeout_s
+        #: The radio ``AT+JOIN`` joins with.
+        self.radio = JoinRadio(
+            f"{self.label} {self.path}",
+            air_address=air_address,
+            air_receive_port=air_receive_port,
+            rx_timeout_s=join_rx_timeout_s,
+            later=self._later,
+            cancel=self._cancel,
+            on_joined=self._joined,
+            on_failed=self._join_failed,
+        )
         #: Joined (AT+NJS), and the DevAddr the accept gave.
         self.joined = False
         self.dev_addr: int | None = None
-        #: Join requests sent; datagrams heard that were not an accept for this module.
-        self.join_requests = 0
-        self.air_ignored = 0
         self._join_params: tuple[int, int, int, int] = (0, 0, DEFAULT_JOIN_INTERVAL_S, 0)
-        self._pending_nonce: int | None = None
-        self._used_nonces: set[int] = set()
-        self._attempts_left = 0
-        self._join_interval_s = DEFAULT_JOIN_INTERVAL_S
-        self._join_timer: asyncio.TimerHandle | None = None
-        self._air: asyncio.DatagramTransport | None = None
         self.factory_dev_eui = dev_eui
         self.dev_eui = dev_eui
         self.join_eui = bytes(8)
@@ -410,21 +396,22 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
         self.join_mode = 1
         self.work_mode = work_mode
 
+    @property
+    def air_receive_port(self) -> int:
+        """The port the module's radio listens on (picked when started, if 0 was given)."""
+        return self.radio.air_receive_port
+
+    @property
+    def join_requests(self) -> int:
+        return self.radio.join_requests
+
     async def start(self) -> Self:
         await super().start()
-        if self.air_address is not None:
-            loop = asyncio.get_running_loop()
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _ModuleAir(self), local_addr=("127.0.0.1", self.air_receive_port)
-            )
-            self._air = transport
-            self.air_receive_port = transport.get_extra_info("sockname")[1]
+        await self.radio.open()
         return self
 
     async def close(self) -> None:
-        if self._air is not None:
-            self._air.close()
-            self._air = None
+        self.radio.close()
         await super().close()
 
     def busy_reply(self) -> bytes:
@@ -432,7 +419,7 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
 
     def on_restart(self) -> bytes:
         # The join status lives in RAM: a restarted module has to join again.
-        self._stop_joining()
+        self.radio.stop()
         self.joined = False
         self.dev_addr = None
         return format_banner(VERSION, self.work_mode)
@@ -440,83 +427,22 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
     # --- joining ------------------------------------------------------------------------------
 
     def _start_joining(self, interval_s: int, attempts: int) -> None:
-        self._stop_joining()
         self.joined = False
         self.dev_addr = None
         # RUI3 counts 0 attempts as one (the default of AT+JOIN).
-        self._attempts_left = max(1, attempts)
-        self._join_interval_s = interval_s
-        # The attempt follows the OK: the reply is written before the timer fires.
-        self._join_timer = self._later(0.0, self._join_attempt)
-
-    def _stop_joining(self) -> None:
-        self._cancel(self._join_timer)
-        self._join_timer = None
-        self._pending_nonce = None
-        self._attempts_left = 0
-
-    def _join_attempt(self) -> None:
-        # LoRaWAN 1.0.3 section 6.2.4: a random DevNonce, never one the server saw already.
-        nonce = secrets.randbelow(0x10000)
-        while nonce in self._used_nonces and len(self._used_nonces) < 0x10000:
-            nonce = secrets.randbelow(0x10000)
-        self._used_nonces.add(nonce)
-        self._pending_nonce = nonce
-        self._attempts_left -= 1
-        request = JoinRequest.build(
-            AesKey(self.app_key),
-            join_eui=int.from_bytes(self.join_eui, "big"),
-            dev_eui=int.from_bytes(self.dev_eui, "big"),
-            dev_nonce=nonce,
+        self.radio.join(
+            JoinKeys(self.dev_eui, self.join_eui, self.app_key),
+            attempts=attempts,
+            interval_s=interval_s,
         )
-        self.join_requests += 1
-        if self._air is not None and self.air_address is not None:
-            datagram = {
-                "phy": request.to_bytes().hex(),
-                "rssi_dbm": AIR_RSSI_DBM,
-                "snr_db": AIR_SNR_DB,
-                "frequency_hz": JOIN_FREQUENCY_HZ,
-                "sf": JOIN_SF,
-            }
-            self._air.sendto(json.dumps(datagram).encode(), self.air_address)
-        log.info("emulated %s %s sent a join request", self.label, self.path)
-        self._join_timer = self._later(self.join_rx_timeout_s, self._join_timed_out)
 
-    def _join_timed_out(self) -> None:
-        self._pending_nonce = None
-        if self._attempts_left > 0:
-            wait_s = max(0.0, self._join_interval_s - self.join_rx_timeout_s)
-            self._join_timer = self._later(wait_s, self._join_attempt)
-            return
-        self._join_timer = None
-        log.info("emulated %s %s heard no join accept", self.label, self.path)
-        self.serial.send(b"+EVT:JOIN_FAILED_RX_TIMEOUT\r\n")
-
-    def heard(self, data: bytes) -> None:
-        """One datagram from the air: a frame some gateway transmitted."""
-        nonce = self._pending_nonce
-        try:
-            phy = bytes.fromhex(json.loads(data)["phy"])
-        except (ValueError, KeyError, TypeError) as err:
-            self.air_ignored += 1
-            log.warning("emulated %s %s: not a frame on the air (%s)", self.label, self.path, err)
-            return
-        if nonce is None:
-            self.air_ignored += 1
-            return
-        key = AesKey(self.app_key)
-        try:
-            accept = EncryptedJoinAccept.from_bytes(phy).decrypt(key)
-            accept.verify_mic(key)
-        except LorawanError:
-            # Someone else's downlink, or an accept for another device.
-            self.air_ignored += 1
-            return
-        self._stop_joining()
+    def _joined(self, dev_addr: int) -> None:
         self.joined = True
-        self.dev_addr = accept.dev_addr
-        log.info("emulated %s %s joined as %08x", self.label, self.path, accept.dev_addr)
+        self.dev_addr = dev_addr
         self.serial.send(b"+EVT:JOINED\r\n")
+
+    def _join_failed(self) -> None:
+        self.serial.send(b"+EVT:JOIN_FAILED_RX_TIMEOUT\r\n")
 
     def answer(self, line: str) -> bytes | None:
         try:
@@ -640,7 +566,7 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
             # An ABP module has its session already: there is nothing to join.
             return b"", Status.AT_ERROR
         if request.form == "set" and join == 0:
-            self._stop_joining()
+            self.radio.stop()
         else:
             self._start_joining(interval_s, attempts)
         return b"", Status.OK
@@ -648,13 +574,3 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
     @_COMMANDS.on(("NJS", "read"))
     def _read_join_status(self, request: Request) -> _Answer | None:
         return format_value("NJS", "1" if self.joined else "0"), Status.OK
-
-
-class _ModuleAir(asyncio.DatagramProtocol):
-    """What the emulated module's antenna hears: datagrams gateways transmitted."""
-
-    def __init__(self, module: EmulatedRak3172LoRaWAN) -> None:
-        self.module = module
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        self.module.heard(data)

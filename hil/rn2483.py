@@ -10,10 +10,18 @@ is one line ending in CR LF::
     module  ok<CR><LF>
 
 Commands played: ``sys get ver``, ``sys get hweui``, ``sys reset``, ``mac reset 868|433``,
-``mac set deveui|appeui|appkey <hex>``, ``mac get deveui|appeui|band``, ``mac save``. Bad
-arguments, unknown commands and a line without its CR answer ``invalid_param``; the busy
-fault answers ``busy``. The module cannot read its AppKey back (there is no
-``mac get appkey``), as on the real part.
+``mac set deveui|appeui|appkey <hex>``, ``mac get deveui|appeui|band|devaddr``, ``mac save``,
+``mac join otaa|abp``. Bad arguments, unknown commands and a line without its CR answer
+``invalid_param``; the busy fault answers ``busy``. The module cannot read its AppKey back
+(there is no ``mac get appkey``), as on the real part.
+
+**Joining.** ``mac join otaa`` has two replies, as on the part: ``ok`` at once (the join has
+started; ``keys_not_init`` instead while no AppKey is set, ``busy`` while a join is under
+way), then ``accepted`` when a join accept it can open with its AppKey arrives, or ``denied``
+when none came within the receive windows. One command is one join request. The radio is a
+:class:`owlgate.hil.module_radio.JoinRadio` on the loopback air (``air_address``,
+``air_receive_port``, as for the RAK3172). ``mac join abp`` answers ``keys_not_init``: this
+emulator keeps no ABP session keys. The join lives in RAM: a restart forgets it.
 
 Settings written with ``mac set`` live in RAM until ``mac save`` writes them to EEPROM: a
 restart (``sys reset``, a brown-out) loses unsaved ones. A factory module reports its
@@ -39,9 +47,10 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Final
+from typing import Final, Self
 
 from .faults import FaultPlan
+from .module_radio import JOIN_RX_TIMEOUT_S, JoinKeys, JoinRadio
 from .pty import host_baud as host_baud  # where it was first defined; importers use it
 from .rak3172_lorawan import EmulatedSerialModule
 from .serial_device import CommandTable
@@ -66,6 +75,7 @@ _COMMANDS: CommandTable[_Words, EmulatedRn2483, bytes | None] = CommandTable("RN
 _MAX_ARGUMENTS: Final = 1
 _INVALID: Final = b"invalid_param\r\n"
 _OK: Final = b"ok\r\n"
+_KEYS_NOT_INIT: Final = b"keys_not_init\r\n"
 
 
 class EmulatedRn2483(EmulatedSerialModule):
@@ -79,6 +89,9 @@ class EmulatedRn2483(EmulatedSerialModule):
         *,
         link_name: str = DEFAULT_LINK_NAME,
         hweui: bytes = FACTORY_HWEUI,
+        air_address: tuple[str, int] | None = None,
+        air_receive_port: int = 0,
+        join_rx_timeout_s: float = JOIN_RX_TIMEOUT_S,
         pty: bool = True,
         tcp: bool = False,
         tcp_port: int = 0,
@@ -114,6 +127,36 @@ class EmulatedRn2483(EmulatedSerialModule):
         #: Auto-baud sequences the module followed.
         self.autobauds = 0
         self._break_seen = False
+        #: The radio ``mac join otaa`` joins with.
+        self.radio = JoinRadio(
+            f"{self.label} {self.path}",
+            air_address=air_address,
+            air_receive_port=air_receive_port,
+            rx_timeout_s=join_rx_timeout_s,
+            later=self._later,
+            cancel=self._cancel,
+            on_joined=self._joined,
+            on_failed=self._denied,
+        )
+        #: The DevAddr the last join accept gave (None: not joined since the last restart).
+        self.dev_addr: int | None = None
+
+    @property
+    def joined(self) -> bool:
+        return self.dev_addr is not None
+
+    @property
+    def join_requests(self) -> int:
+        return self.radio.join_requests
+
+    async def start(self) -> Self:
+        await super().start()
+        await self.radio.open()
+        return self
+
+    async def close(self) -> None:
+        self.radio.close()
+        await super().close()
 
     # --- bytes and baud -----------------------------------------------------------------------
 
@@ -154,6 +197,8 @@ class EmulatedRn2483(EmulatedSerialModule):
         return b"busy\r\n"
 
     def on_restart(self) -> bytes:
+        self.radio.stop()
+        self.dev_addr = None
         self.settings = dict(self.saved)
         self.band = 868
         self.baud = DEFAULT_BAUD
@@ -220,6 +265,34 @@ class EmulatedRn2483(EmulatedSerialModule):
     def _mac_save(self, words: _Words) -> bytes | None:
         self.saved = dict(self.settings)
         return _OK
+
+    @_COMMANDS.on(("mac", "get", "devaddr"))
+    def _mac_get_devaddr(self, words: _Words) -> bytes | None:
+        return f"{self.dev_addr or 0:08X}\r\n".encode()
+
+    @_COMMANDS.on(("mac", "join", "*"))
+    def _mac_join(self, words: _Words) -> bytes | None:
+        mode = words[2]
+        if mode not in ("otaa", "abp"):
+            return _INVALID
+        if self.radio.joining:
+            return b"busy\r\n"
+        if mode == "abp" or self.settings["appkey"] == bytes(16):
+            return _KEYS_NOT_INIT
+        self.dev_addr = None
+        self.radio.join(
+            JoinKeys(self.settings["deveui"], self.settings["appeui"], self.settings["appkey"]),
+            attempts=1,
+            interval_s=0.0,
+        )
+        return _OK
+
+    def _joined(self, dev_addr: int) -> None:
+        self.dev_addr = dev_addr
+        self.serial.send(b"accepted\r\n")
+
+    def _denied(self) -> None:
+        self.serial.send(b"denied\r\n")
 
 
 def _hex(text: str, size: int) -> bytes | None:

@@ -12,8 +12,9 @@ run again after a failure: :meth:`~ModuleDriver.sync` (get the module listening:
 (firmware and the factory DevEUI, read twice: a flaky cable must not register a wrong
 DevEUI), :meth:`~ModuleDriver.write`, :meth:`~ModuleDriver.verify` (read back; the RN2483
 cannot read its AppKey back, which the result says), :meth:`~ModuleDriver.save`, and, for the
-optional join test, :meth:`~ModuleDriver.join` (RAK3172 only: ``AT+JOIN=1:0:8:1``, then the
-``+EVT:JOINED`` or ``+EVT:JOIN_FAILED_...`` event, confirmed by ``AT+NJS=?``).
+optional join test, :meth:`~ModuleDriver.join` (RAK3172: ``AT+JOIN=1:0:8:1``, then the
+``+EVT:JOINED`` or ``+EVT:JOIN_FAILED_...`` event, confirmed by ``AT+NJS=?``; RN2483:
+``mac join otaa``, ``ok`` and then ``accepted`` or ``denied``).
 
 :func:`program` runs write, verify and save, and when the module restarts in the middle, the
 cable loses the port, or a read-back does not match, it syncs again and starts the sequence
@@ -80,6 +81,11 @@ RUI3_BAND_EU868: Final = 4
 JOIN_INTERVAL_S: Final = 8
 JOIN_ATTEMPTS: Final = 1
 RN2483_BAND: Final = "868"
+#: The first replies ``mac join otaa`` can have (RN2483 command reference, ``mac join``):
+#: ``ok`` when the join has started, the others when it could not start.
+RN2483_JOIN_FIRST_REPLIES: Final = frozenset(
+    {"ok", "keys_not_init", "no_free_ch", "silent", "mac_paused", "denied"}
+)
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -647,6 +653,30 @@ class Rn2483Driver(ModuleDriver):
 
     def save(self) -> None:
         self._ok("mac save", timeout_s=max(SAVE_TIMEOUT_S, self.link.reply_timeout_s))
+
+    supports_join = True
+
+    def join(self, timeout_s: float) -> JoinOutcome:
+        started = time.monotonic()
+        deadline = started + timeout_s
+        # The command reference: a first reply at once (ok: the join has started), and for
+        # ok a second one when the join is over, accepted or denied.
+        first = self._command("mac join otaa", lambda got: got in RN2483_JOIN_FIRST_REPLIES)
+        if first != "ok":
+            return JoinOutcome(False, first, time.monotonic() - started)
+        while True:
+            line = self.link.read_line(deadline)
+            if line is None:
+                return JoinOutcome(False, None, time.monotonic() - started)
+            if line == "accepted":
+                return JoinOutcome(True, None, time.monotonic() - started)
+            if line == "denied":
+                return JoinOutcome(False, line, time.monotonic() - started)
+            if line.startswith("RN2483"):
+                self.link.counters.restarts += 1
+                raise ModuleRestarted("the module restarted while joining", port=self.link.port)
+            # A stray or garbled line is not the join's outcome.
+            self.link.counters.garbled += 1
 
 
 def _is_hex(text: str, size: int) -> bool:

@@ -73,6 +73,9 @@ REPORT_FIELDS: Final = (
 #: How long the join test waits for the module's join event by default: one attempt, its
 #: receive windows, and the fleet's round trip, with room to spare.
 DEFAULT_JOIN_TIMEOUT_S: Final = 20.0
+#: What a module reports when no join accept came back: the RAK3172's event, the RN2483's
+#: second reply to ``mac join otaa``.
+NO_ACCEPT_EVENTS: Final = frozenset({"JOIN_FAILED_RX_TIMEOUT", "denied"})
 #: How long the fleet has to show the join after the module reported it.
 FLEET_JOIN_WAIT_S: Final = 5.0
 #: Clock difference tolerated between this laptop and the fleet when comparing joined_at.
@@ -396,7 +399,7 @@ def join_test(
     value of the result, never raising for a module or fleet that fails."""
     if not driver.supports_join:
         return (
-            f"join failed: the join test is not supported for the {driver.kind} (RAK3172 only);"
+            f"join failed: the join test is not supported for the {driver.kind};"
             " provision it without --join-test and check its join in the field"
         )
     if fleet is None:
@@ -410,7 +413,12 @@ def join_test(
     except ModuleError as err:
         return f"join failed: {err.message}; {err.what_to_do}"
     if not outcome.joined:
-        if outcome.event == "JOIN_FAILED_RX_TIMEOUT":
+        if outcome.event == "keys_not_init":
+            return (
+                "join failed: the module says it has no keys to join with (keys_not_init);"
+                " provision it again, then run again with --join-test"
+            )
+        if outcome.event in NO_ACCEPT_EVENTS:
             why = "no join accept came back (no gateway heard the module, or none answered)"
         elif outcome.event is None:
             why = f"the module reported no join result within {timeout_s:g} s"

@@ -64,12 +64,14 @@ class ModuleBench:
 
         return self._start(self.run(make()))
 
-    def rn(self, hweui: bytes | None = None) -> EmulatedRn2483:
+    def rn(self, hweui: bytes | None = None, **kwargs: Any) -> EmulatedRn2483:
         self._count += 1
         eui = hweui or bytes.fromhex("0004A30B00") + secrets.token_bytes(3)
 
         async def make() -> EmulatedRn2483:
-            return EmulatedRn2483(self.link_dir, link_name=f"ttyRN{self._count}", hweui=eui)
+            return EmulatedRn2483(
+                self.link_dir, link_name=f"ttyRN{self._count}", hweui=eui, **kwargs
+            )
 
         return self._start(self.run(make()))
 

@@ -2,8 +2,8 @@
 fleet confirms it, end to end through real processes: ``owlgate fleet serve`` (embedded
 broker), ``owlgate hil gateway`` with no devices of its own (``--air-port`` hears the module,
 ``--tx-air-port`` sends what it transmits back to it) and ``owlgate edge run`` on its
-concentrator; the emulated RAK3172 on a pty sends its join request on that air. And the join
-tests that must fail, with the sentence that says what to do."""
+concentrator; the emulated RAK3172 or RN2483 on a pty sends its join request on that air. And
+the join tests that must fail, with the sentence that says what to do."""
 
 from __future__ import annotations
 
@@ -162,16 +162,44 @@ def test_a_module_silent_past_the_timeout_is_reported_with_the_timeout(
     assert "join failed: the module reported no join result within 1 s" in result.output
 
 
-def test_the_join_test_is_refused_for_an_rn2483_and_offline(
+def test_an_rn2483_joins_through_the_gateway_and_the_fleet_shows_it(
     modules: ModuleBench, join_world: JoinWorld, tmp_path: Path
 ) -> None:
-    rn = modules.rn()
-    result = run(join_world, tmp_path, "--port", str(rn.path), "--join-test")
-    assert result.exit_code == 1, result.output
-    assert "provisioned" in result.output
-    assert "join failed: the join test is not supported for the RN2483 (RAK3172 only)" in (
-        result.output
+    rn = modules.rn(
+        air_address=(AIR_HOST, join_world.air_port), air_receive_port=join_world.tx_port
     )
+    dev_eui = rn.hweui.hex()
+    result = run(join_world, tmp_path, "--port", str(rn.path), "--join-test")
+    assert result.exit_code == 0, result.output
+    line = result.output.strip().splitlines()[0]
+    assert line.startswith(f"{rn.path}: RN2483 {dev_eui}: provisioned: "), line
+    assert "; joined in " in line, line
+    assert "1 of 1 modules joined" in result.output
+    assert rn.saved["appkey"].hex() not in result.output.lower()
+    assert "mac join otaa" in rn.commands
+    assert rn.join_requests == 1
+    assert rn.dev_addr is not None
+    node = join_world.fleet.admin("GET", f"/api/v1/nodes/{dev_eui}").json()
+    assert node["joined_at"] is not None
+    assert node["dev_addr"] == f"{rn.dev_addr:08x}"
+
+
+def test_an_rn2483_denied_says_what_to_do(
+    modules: ModuleBench, join_world: JoinWorld, tmp_path: Path
+) -> None:
+    # No gateway hears the module: its one join request goes unanswered and it says denied.
+    rn = modules.rn(air_address=(AIR_HOST, _free_udp_port()), join_rx_timeout_s=1.0)
+    result = run(join_world, tmp_path, "--port", str(rn.path), "--join-test",
+                 "--join-timeout", "5")  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "join failed: no join accept came back" in result.output
+    assert "check a gateway is online nearby" in result.output
+    assert rn.join_requests == 1
+    assert not rn.joined
+
+
+def test_the_join_test_is_refused_offline(modules: ModuleBench, tmp_path: Path) -> None:
+    rn = modules.rn()
     offline = CliRunner().invoke(
         app,
         ["provision", "node", "--port", str(rn.path), "--offline",
@@ -179,6 +207,29 @@ def test_the_join_test_is_refused_for_an_rn2483_and_offline(
     )  # fmt: skip
     assert offline.exit_code == 2
     assert "the join test needs the fleet online" in offline.output
+
+
+def test_the_emulated_rn2483_answers_mac_join_as_its_command_reference_says(
+    modules: ModuleBench,
+) -> None:
+    rn = modules.rn(join_rx_timeout_s=0.2)
+    with serial.Serial(str(rn.path), 57600, timeout=2.0) as port:
+
+        def ask(command: str) -> bytes:
+            port.write(command.encode() + b"\r\n")
+            return bytes(port.read_until(b"\r\n"))
+
+        # No AppKey yet: the join cannot start; ABP keys are not kept by this emulator.
+        assert ask("mac join otaa") == b"keys_not_init\r\n"
+        assert ask("mac join abp") == b"keys_not_init\r\n"
+        assert ask("mac join maybe") == b"invalid_param\r\n"
+        assert ask("mac set appkey " + "2B" * 16) == b"ok\r\n"
+        assert ask("mac join otaa") == b"ok\r\n"
+        # Joining: another join is refused until the first is over, which no gateway answers.
+        assert ask("mac join otaa") == b"busy\r\n"
+        assert port.read_until(b"\r\n") == b"denied\r\n"
+        assert ask("mac get devaddr") == b"00000000\r\n"
+    assert rn.join_requests == 1
 
 
 def test_the_emulated_module_answers_join_commands_by_the_rui3_table(
