@@ -333,7 +333,69 @@ class EmulatedSerialModule(OnSerialDevice, AsyncLifecycle, abc.ABC):
             self._timers.discard(handle)
 
 
-class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
+class JoiningModule(EmulatedSerialModule):
+    """An emulated LoRaWAN module whose radio joins (:class:`~owlgate.hil.module_radio.JoinRadio`
+    on the loopback air): what the RAK3172 and the RN2483 emulators share. A module prints
+    :attr:`joined_line` or :attr:`failed_line` when a join is over; the join lives in RAM."""
+
+    #: What the module prints when a join accept came / when none came.
+    joined_line: bytes = b""
+    failed_line: bytes = b""
+
+    def _radio(
+        self, air_address: tuple[str, int] | None, air_receive_port: int, rx_timeout_s: float
+    ) -> None:
+        #: The radio joins are made with.
+        self.radio = JoinRadio(
+            f"{self.label} {self.path}",
+            air_address=air_address,
+            air_receive_port=air_receive_port,
+            rx_timeout_s=rx_timeout_s,
+            later=self._later,
+            cancel=self._cancel,
+            on_joined=self._joined,
+            on_failed=lambda: self.serial.send(self.failed_line),
+        )
+        #: The DevAddr the last join accept gave (None: not joined since the last restart).
+        self.dev_addr: int | None = None
+
+    @property
+    def joined(self) -> bool:
+        return self.dev_addr is not None
+
+    @property
+    def air_receive_port(self) -> int:
+        """The port the module's radio listens on (picked when started, if 0 was given)."""
+        return self.radio.air_receive_port
+
+    @property
+    def join_requests(self) -> int:
+        return self.radio.join_requests
+
+    async def start(self) -> Self:
+        await super().start()
+        await self.radio.open()
+        return self
+
+    async def close(self) -> None:
+        self.radio.close()
+        await super().close()
+
+    def _begin_join(self, keys: JoinKeys, *, attempts: int, interval_s: float) -> None:
+        self.dev_addr = None
+        self.radio.join(keys, attempts=attempts, interval_s=interval_s)
+
+    def _forget_join(self) -> None:
+        """A restart: the join and any join under way are gone."""
+        self.radio.stop()
+        self.dev_addr = None
+
+    def _joined(self, dev_addr: int) -> None:
+        self.dev_addr = dev_addr
+        self.serial.send(self.joined_line)
+
+
+class EmulatedRak3172LoRaWAN(JoiningModule):
     """A RAK3172 with RUI3 in LoRaWAN mode on a pty at ``<link_dir>/<link_name>``.
 
     Settings (:attr:`dev_eui`, :attr:`join_eui`, :attr:`app_key`, :attr:`band`,
@@ -344,6 +406,8 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
     """
 
     label = "RAK3172"
+    joined_line = b"+EVT:JOINED\r\n"
+    failed_line = b"+EVT:JOIN_FAILED_RX_TIMEOUT\r\n"
 
     def __init__(
         self,
@@ -373,20 +437,7 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
             plan=plan,
             paced=paced,
         )
-        #: The radio ``AT+JOIN`` joins with.
-        self.radio = JoinRadio(
-            f"{self.label} {self.path}",
-            air_address=air_address,
-            air_receive_port=air_receive_port,
-            rx_timeout_s=join_rx_timeout_s,
-            later=self._later,
-            cancel=self._cancel,
-            on_joined=self._joined,
-            on_failed=self._join_failed,
-        )
-        #: Joined (AT+NJS), and the DevAddr the accept gave.
-        self.joined = False
-        self.dev_addr: int | None = None
+        self._radio(air_address, air_receive_port, join_rx_timeout_s)
         self._join_params: tuple[int, int, int, int] = (0, 0, DEFAULT_JOIN_INTERVAL_S, 0)
         self.factory_dev_eui = dev_eui
         self.dev_eui = dev_eui
@@ -396,53 +447,23 @@ class EmulatedRak3172LoRaWAN(EmulatedSerialModule):
         self.join_mode = 1
         self.work_mode = work_mode
 
-    @property
-    def air_receive_port(self) -> int:
-        """The port the module's radio listens on (picked when started, if 0 was given)."""
-        return self.radio.air_receive_port
-
-    @property
-    def join_requests(self) -> int:
-        return self.radio.join_requests
-
-    async def start(self) -> Self:
-        await super().start()
-        await self.radio.open()
-        return self
-
-    async def close(self) -> None:
-        self.radio.close()
-        await super().close()
-
     def busy_reply(self) -> bytes:
         return format_status(Status.AT_BUSY_ERROR)
 
     def on_restart(self) -> bytes:
         # The join status lives in RAM: a restarted module has to join again.
-        self.radio.stop()
-        self.joined = False
-        self.dev_addr = None
+        self._forget_join()
         return format_banner(VERSION, self.work_mode)
 
     # --- joining ------------------------------------------------------------------------------
 
     def _start_joining(self, interval_s: int, attempts: int) -> None:
-        self.joined = False
-        self.dev_addr = None
-        # RUI3 counts 0 attempts as one (the default of AT+JOIN).
-        self.radio.join(
+        # RUI3 counts 0 attempts as one (the default of AT+JOIN); so does the radio.
+        self._begin_join(
             JoinKeys(self.dev_eui, self.join_eui, self.app_key),
             attempts=attempts,
             interval_s=interval_s,
         )
-
-    def _joined(self, dev_addr: int) -> None:
-        self.joined = True
-        self.dev_addr = dev_addr
-        self.serial.send(b"+EVT:JOINED\r\n")
-
-    def _join_failed(self) -> None:
-        self.serial.send(b"+EVT:JOIN_FAILED_RX_TIMEOUT\r\n")
 
     def answer(self, line: str) -> bytes | None:
         try:

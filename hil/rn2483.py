@@ -47,12 +47,12 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Final, Self
+from typing import Final
 
 from .faults import FaultPlan
-from .module_radio import JOIN_RX_TIMEOUT_S, JoinKeys, JoinRadio
+from .module_radio import JOIN_RX_TIMEOUT_S, JoinKeys
 from .pty import host_baud as host_baud  # where it was first defined; importers use it
-from .rak3172_lorawan import EmulatedSerialModule
+from .rak3172_lorawan import JoiningModule
 from .serial_device import CommandTable
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,12 @@ _OK: Final = b"ok\r\n"
 _KEYS_NOT_INIT: Final = b"keys_not_init\r\n"
 
 
-class EmulatedRn2483(EmulatedSerialModule):
+class EmulatedRn2483(JoiningModule):
     """An RN2483 on a pty at ``<link_dir>/<link_name>`` (see the module text)."""
 
     label = "RN2483"
+    joined_line = b"accepted\r\n"
+    failed_line = b"denied\r\n"
 
     def __init__(
         self,
@@ -127,36 +129,7 @@ class EmulatedRn2483(EmulatedSerialModule):
         #: Auto-baud sequences the module followed.
         self.autobauds = 0
         self._break_seen = False
-        #: The radio ``mac join otaa`` joins with.
-        self.radio = JoinRadio(
-            f"{self.label} {self.path}",
-            air_address=air_address,
-            air_receive_port=air_receive_port,
-            rx_timeout_s=join_rx_timeout_s,
-            later=self._later,
-            cancel=self._cancel,
-            on_joined=self._joined,
-            on_failed=self._denied,
-        )
-        #: The DevAddr the last join accept gave (None: not joined since the last restart).
-        self.dev_addr: int | None = None
-
-    @property
-    def joined(self) -> bool:
-        return self.dev_addr is not None
-
-    @property
-    def join_requests(self) -> int:
-        return self.radio.join_requests
-
-    async def start(self) -> Self:
-        await super().start()
-        await self.radio.open()
-        return self
-
-    async def close(self) -> None:
-        self.radio.close()
-        await super().close()
+        self._radio(air_address, air_receive_port, join_rx_timeout_s)
 
     # --- bytes and baud -----------------------------------------------------------------------
 
@@ -197,8 +170,7 @@ class EmulatedRn2483(EmulatedSerialModule):
         return b"busy\r\n"
 
     def on_restart(self) -> bytes:
-        self.radio.stop()
-        self.dev_addr = None
+        self._forget_join()
         self.settings = dict(self.saved)
         self.band = 868
         self.baud = DEFAULT_BAUD
@@ -279,20 +251,12 @@ class EmulatedRn2483(EmulatedSerialModule):
             return b"busy\r\n"
         if mode == "abp" or self.settings["appkey"] == bytes(16):
             return _KEYS_NOT_INIT
-        self.dev_addr = None
-        self.radio.join(
+        self._begin_join(
             JoinKeys(self.settings["deveui"], self.settings["appeui"], self.settings["appkey"]),
             attempts=1,
             interval_s=0.0,
         )
         return _OK
-
-    def _joined(self, dev_addr: int) -> None:
-        self.dev_addr = dev_addr
-        self.serial.send(b"accepted\r\n")
-
-    def _denied(self) -> None:
-        self.serial.send(b"denied\r\n")
 
 
 def _hex(text: str, size: int) -> bytes | None:
