@@ -308,6 +308,18 @@ def create_app(
             "description": profile.description,
         }
 
+    def with_sites(
+        kind: Literal["device", "gateway"], key: str, items: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        # Where each stands (PUT .../site), null when nobody said: one query per page.
+        from .views import places_of
+
+        places = places_of(store.sql, kind, [item[key] for item in items])
+        for item in items:
+            place = places.get(item[key])
+            item["site"] = None if place is None else place.place_json()
+        return items
+
     @app.get(
         f"{API_PREFIX}/gateways",
         dependencies=[readers],
@@ -315,20 +327,24 @@ def create_app(
     )
     def list_gateways(limit: Limit = DEFAULT_PAGE_LIMIT, after: After = None) -> dict[str, Any]:
         page = store.gateways(limit=limit, after=after)
-        return {"items": [gateway_json(g) for g in page.items], "next": page.next}
+        items = with_sites("gateway", "id", [gateway_json(g) for g in page.items])
+        return {"items": items, "next": page.next}
 
     @app.get(f"{API_PREFIX}/gateways/{{gateway_id}}", dependencies=[readers], summary="One gateway")
     def get_gateway(gateway_id: str) -> dict[str, Any]:
-        return gateway_json(store.gateway(_id(gateway_id, "gateway")))
+        item = gateway_json(store.gateway(_id(gateway_id, "gateway")))
+        return with_sites("gateway", "id", [item])[0]
 
     @app.get(f"{API_PREFIX}/nodes", dependencies=[readers], summary="List sensor nodes (devices)")
     def list_nodes(limit: Limit = DEFAULT_PAGE_LIMIT, after: After = None) -> dict[str, Any]:
         page = store.devices(limit=limit, after=after)
-        return {"items": [device_json(d) for d in page.items], "next": page.next}
+        items = with_sites("device", "dev_eui", [device_json(d) for d in page.items])
+        return {"items": items, "next": page.next}
 
     @app.get(f"{API_PREFIX}/nodes/{{dev_eui}}", dependencies=[readers], summary="One sensor node")
     def get_node(dev_eui: str) -> dict[str, Any]:
-        return device_json(store.device(_id(dev_eui, "device")))
+        item = device_json(store.device(_id(dev_eui, "device")))
+        return with_sites("device", "dev_eui", [item])[0]
 
     @app.get(
         f"{API_PREFIX}/nodes/{{dev_eui}}/readings",

@@ -233,6 +233,33 @@ def _put_site(
         )
 
 
+#: Ids per query when sites are looked up for a page of gateways or devices.
+_SITES_PER_QUERY: Final = 500
+
+
+def places_of(db: Sql, kind: SiteKind, keys: Sequence[str]) -> dict[str, Place]:
+    """Where each of ``keys`` (gateway ids or DevEUIs, lower-case hex as stored) stands, for
+    those that have a site: the API's lists carry them."""
+    table, column, _, _ = _SITE_TABLES[kind]
+    found: dict[str, Place] = {}
+    for first in range(0, len(keys), _SITES_PER_QUERY):
+        part = list(keys[first : first + _SITES_PER_QUERY])
+        marks = ", ".join("?" * len(part))
+        for row in db.query(
+            f"SELECT {column}, zone, street, lat, lon, label FROM {table} "
+            f"WHERE {column} IN ({marks})",
+            part,
+        ):
+            found[row[column]] = Place(
+                zone=row["zone"],
+                street=row["street"],
+                lat=row["lat"],
+                lon=row["lon"],
+                label=row["label"],
+            )
+    return found
+
+
 def set_site(db: Sql, site: Site, *, at: float) -> None:
     """Record (or replace) where ``site.dev_eui`` stands; NotFoundError for a device that is
     not registered."""

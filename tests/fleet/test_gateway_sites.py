@@ -154,3 +154,34 @@ def test_the_routes_state_the_roles_of_the_node_site_routes(app: FastAPI) -> Non
     for method in ("get", "put"):
         assert gateway[method]["x-owlgate-roles"] == node[method]["x-owlgate-roles"], method
     assert gateway["put"]["x-owlgate-roles"] == ["admin", "technician"]
+
+
+def test_the_gateway_and_node_lists_carry_each_site(app: FastAPI) -> None:
+    technician = ApiClient(app, role="technician")
+    operator = ApiClient(app, role="operator")
+    assert technician.request("PUT", site_url(GW1), json=MAST).status_code == 200
+    listed = {item["id"]: item["site"] for item in operator.get("/api/v1/gateways").json()["items"]}
+    assert listed == {GW1: MAST, GW2: None}
+    assert operator.get(f"/api/v1/gateways/{GW2}").json()["site"] is None
+    assert operator.get(f"/api/v1/gateways/{GW1}").json()["site"] == MAST
+    # Nodes alike, with their own sites.
+    nodes = operator.get("/api/v1/nodes").json()["items"]
+    assert nodes
+    assert all(node["site"] is None for node in nodes)
+    bay = nodes[0]["dev_eui"]
+    put = technician.request(
+        "PUT", f"/api/v1/nodes/{bay}/site", json={"street": "Obernstraße", "label": "bay 7"}
+    )
+    assert put.status_code == 200, put.text
+    sites = {
+        node["dev_eui"]: node["site"] for node in operator.get("/api/v1/nodes").json()["items"]
+    }
+    assert sites[bay] == {
+        "zone": None,
+        "street": "Obernstraße",
+        "lat": None,
+        "lon": None,
+        "label": "bay 7",
+    }
+    assert all(site is None for eui, site in sites.items() if eui != bay)
+    assert operator.get(f"/api/v1/nodes/{bay}").json()["site"]["label"] == "bay 7"
