@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from .labels import DEFAULT_TR005_PROFILE, write_labels
+from .labels import DEFAULT_TR005_PROFILE, Tr005Profiles, write_labels
 from .node import (
     DEFAULT_JOIN_TIMEOUT_S,
     DEFAULT_JOURNAL,
@@ -277,15 +277,19 @@ def labels_command(
         str | None, typer.Option("--site", help="print this site on each label")
     ] = None,
     tr005_profile: Annotated[
-        str,
+        list[str] | None,
         typer.Option(
-            "--tr005-profile", metavar="HEX", help="the TR005 ProfileID (VendorID + profile, 8 hex)"
+            "--tr005-profile",
+            metavar="[PROFILE=]HEX",
+            help="the TR005 ProfileID (VendorID + profile, 8 hex) of a profile's devices, or "
+            f"bare for every other profile; repeatable [{DEFAULT_TR005_PROFILE}]",
         ),
-    ] = DEFAULT_TR005_PROFILE,
+    ] = None,
 ) -> None:
     """TR005 QR codes (PNG and SVG) per device and a printable A4 sheet (labels.html)."""
     try:
-        made = write_labels(read_report(report), out, site=site, tr005_profile=tr005_profile)
+        profiles = Tr005Profiles.parse(tr005_profile or [])
+        made = write_labels(read_report(report), out, site=site, tr005_profiles=profiles)
     except NodeProvisionError as err:
         _bad(err)
     typer.echo(f"{len(made)} labels written to {out} (print {out / 'labels.html'})")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import segno
+import zxingcpp
+from PIL import Image
 from typer.testing import CliRunner
 
 from owlgate.codecs.cli import app
@@ -165,3 +167,94 @@ def test_a_report_without_provisioned_devices_is_bad_input(tmp_path: Path) -> No
     )
     assert result.exit_code == 2
     assert "is not a provisioning report" in result.output
+
+
+def decoded(png: Path) -> list[str]:
+    """What a QR reader (ZXing, an independent decoder) reads in a label's PNG."""
+    with Image.open(png) as image:
+        codes = zxingcpp.read_barcodes(image.convert("L"))
+    assert all(code.format == zxingcpp.BarcodeFormat.QRCode for code in codes)
+    return [code.text for code in codes]
+
+
+def mixed_report(path: Path) -> dict[str, str]:
+    """A report of two parking bays and a bin; returns each DevEUI's profile."""
+    profiles = {
+        "ac1f09fffe0a0b0c": "parking-v1",
+        "ac1f09fffe0a0b0d": "parking-v1",
+        "0004a30b001a2b3c": "bin-v1",
+    }
+    write_report(
+        path,
+        [
+            NodeResult(
+                eui,
+                f"/dev/ttyUSB{i}",
+                "RAK3172",
+                "RUI_4.0.6",
+                "provisioned",
+                "ok",
+                "2026-12-02T00:00:00Z",
+                JOIN,
+                profile,
+                "market square",
+            )
+            for i, (eui, profile) in enumerate(profiles.items())
+        ],
+    )
+    return profiles
+
+
+def test_a_qr_reader_reads_each_label_as_its_profiles_tr005_text(tmp_path: Path) -> None:
+    report = tmp_path / "report.csv"
+    profiles = mixed_report(report)
+    out = tmp_path / "labels"
+    result = CliRunner().invoke(
+        app, ["provision", "labels", "--report", str(report), "--out", str(out),
+              "--tr005-profile", "parking-v1=00a1b2c3", "--tr005-profile", "00A10001"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "3 labels written" in result.output
+    ids = {"parking-v1": "00A1B2C3", "bin-v1": "00A10001"}
+    for eui, profile in profiles.items():
+        expected = f"LW:D0:{JOIN.upper()}:{eui.upper()}:{ids[profile]}"
+        assert decoded(out / f"{eui.upper()}.png") == [expected]
+
+
+def test_without_a_profile_id_the_labels_read_as_the_zero_profile(tmp_path: Path) -> None:
+    report = tmp_path / "report.csv"
+    profiles = mixed_report(report)
+    out = tmp_path / "labels"
+    result = CliRunner().invoke(
+        app, ["provision", "labels", "--report", str(report), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    for eui in profiles:
+        assert decoded(out / f"{eui.upper()}.png") == [
+            f"LW:D0:{JOIN.upper()}:{eui.upper()}:00000000"
+        ]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["parking-v1=00A1B2C3"], "no TR005 ProfileID for profile 'bin-v1'"),
+        (["parking-v1=xyz"], "neither 8 hex digits nor PROFILE=8 hex digits"),
+        (["=00A1B2C3"], "neither 8 hex digits nor PROFILE=8 hex digits"),
+        (["00A1B2C3", "00A1B2C4"], "the default is given twice"),
+        (["bin-v1=00A1B2C3", "bin-v1=00A1B2C4"], "profile 'bin-v1' is given twice"),
+    ],
+)
+def test_a_missing_or_bad_profile_id_is_refused_before_any_label_is_written(
+    tmp_path: Path, values: list[str], message: str
+) -> None:
+    report = tmp_path / "report.csv"
+    mixed_report(report)
+    out = tmp_path / "labels"
+    argv = ["provision", "labels", "--report", str(report), "--out", str(out)]
+    for value in values:
+        argv += ["--tr005-profile", value]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not out.exists()
