@@ -19,9 +19,11 @@ service manager what it does:
 - SIGTERM / SIGINT: ``STOPPING=1`` and a clean stop (the held batch is sealed first).
 - SIGHUP: the configuration file is read and checked again. A bad file is logged (naming the
   problem) and the agent keeps its old configuration; the same bytes (same SHA-256) change
-  nothing; a valid new file stops the agent cleanly and starts a new one with it, in this same
-  process, between ``RELOADING=1`` and ``READY=1``. A configuration document from the fleet
-  that runs stays in force over the new file.
+  nothing; a valid new file is applied in the running agent as a document is (only the parts
+  that changed restart), or, when ``[gateway]`` (id, state folder, keys) or ``[wired]``
+  changed or applying it in place failed, the agent stops cleanly and a new one starts with
+  it, in this same process; either way between ``RELOADING=1`` and ``READY=1``. A
+  configuration document from the fleet that runs stays in force over the new file.
 - A configuration document from the fleet (``docs/edge-config-ota.md``) is applied here,
   inside the running agent: live for the batch limits, the health interval, the log level,
   the device list and the outbox bound; a radio change restarts only the radio backend, an
@@ -39,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -296,35 +299,60 @@ class AgentService:
                 new = self._pending
                 assert new is not None
                 self._pending = None
-                notify_reloading()
-                log.info("reloading: stopping the agent to start it with %s", new[0].path)
-                stopped = await self._stop_agent()
-                if not stopped.cancelled() and stopped.exception() is not None:
-                    log.error(
-                        "the agent failed while stopping for a reload: %s", stopped.exception()
-                    )
-                if self._stop.is_set():
-                    # SIGTERM came while the old agent was stopping: do not start the new one.
-                    notify_stopping()
-                    return self._ended(stopped, requested=True)
-                factory, keys = new
-                self.factory_config, self.keys = factory, keys
-                self.keeper.update(
-                    groups=factory.gateway.groups,
-                    trusted=keys.config_trusted,
-                    signing_key=keys.identity,
-                )
-                # The running document stays, over the new file.
-                self.config = self.keeper.effective(factory)
-                self._set_log_level(self.config.log_level)
-                self._agent = self._make_agent(self.config)
-                self._launch()
-                self.reloads += 1
+                code = await self._reload_with(*new)
+                if code is not None:
+                    return code
         finally:
             announcer = self._announcer
             if announcer is not None:
                 announcer.cancel()
                 await asyncio.wait([announcer])
+
+    async def _reload_with(self, factory: EdgeConfig, keys: GatewayKeys) -> int | None:
+        """Run the new file ``factory`` (with the running document over it): in the running
+        agent when only what :meth:`EdgeAgent.reconfigure` changes differs (the radio alone
+        restarted for a radio change, the MQTT connections for an MQTT change, the rest
+        live), otherwise, or when that fails, in a new agent. The exit code when a stop came
+        meanwhile, else None."""
+        notify_reloading()
+        old_factory, old_keys = self.factory_config, self.keys
+        self.factory_config, self.keys = factory, keys
+        self.keeper.update(
+            groups=factory.gateway.groups, trusted=keys.config_trusted, signing_key=keys.identity
+        )
+        # The running document stays, over the new file.
+        effective = self.keeper.effective(factory)
+        why = _new_agent_needed(old_factory, factory, old_keys, keys)
+        if why is None:
+            try:
+                parts = await self._agent.reconfigure(effective)
+            except OwlgateError as err:
+                why = f"applying it in the running agent failed ({err})"
+            else:
+                self.config = effective
+                self._set_log_level(effective.log_level)
+                log.info(
+                    "reloaded %s in the running agent: %s",
+                    factory.path,
+                    ", ".join(sorted(parts)) + " changed" if parts else "nothing to restart",
+                )
+                notify_ready(describe(self._agent))
+                self.reloads += 1
+                return None
+        log.info("reloading: stopping the agent to start it with %s (%s)", factory.path, why)
+        stopped = await self._stop_agent()
+        if not stopped.cancelled() and stopped.exception() is not None:
+            log.error("the agent failed while stopping for a reload: %s", stopped.exception())
+        if self._stop.is_set():
+            # SIGTERM came while the old agent was stopping: do not start the new one.
+            notify_stopping()
+            return self._ended(stopped, requested=True)
+        self.config = effective
+        self._set_log_level(self.config.log_level)
+        self._agent = self._make_agent(self.config)
+        self._launch()
+        self.reloads += 1
+        return None
 
     async def _stopping(self) -> int:
         notify_stopping()
@@ -737,3 +765,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     options = parser.parse_args(argv)
     return run(options.config, verbose=options.verbose, log_format=options.log_format)
+
+
+def _key_material(keys: GatewayKeys) -> tuple[bytes, ...]:
+    """The public halves of ``keys``: equal for the same key files' contents."""
+    signing = keys.config_signing
+    return (
+        keys.identity.public_key().public_bytes_raw(),
+        keys.sealing.public_key().public_bytes_raw(),
+        keys.fleet.public_bytes_raw(),
+        b"" if signing is None else signing.public_bytes_raw(),
+    )
+
+
+def _new_agent_needed(
+    old: EdgeConfig, new: EdgeConfig, old_keys: GatewayKeys, new_keys: GatewayKeys
+) -> str | None:
+    """Why a reload from ``old`` to ``new`` needs a new agent (what the running one cannot
+    change in place: the gateway's identity, keys and state folder, the wired bus), or None."""
+    if dataclasses.replace(old.gateway, groups=()) != dataclasses.replace(new.gateway, groups=()):
+        return "[gateway] changed"
+    if old.wired != new.wired:
+        return "[wired] changed"
+    if _key_material(old_keys) != _key_material(new_keys):
+        return "a key file changed"
+    return None

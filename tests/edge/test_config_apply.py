@@ -236,6 +236,9 @@ def test_documents_applied_rolled_back_refused_and_kept_across_a_restart(
                 assert service.config.document_seq == 8
                 assert service.config.config.apply_deadline_s == 9
                 assert service.config.radio.channels == FOUR_CHANNELS
+                # Applied in the running agent: nothing to restart for it.
+                assert service.agent is agent
+                assert concentrator.radio_configs[-1].channels == FOUR_CHANNELS
                 await _up(service)
             finally:
                 service.request_stop()

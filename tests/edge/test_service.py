@@ -164,10 +164,12 @@ def test_service_lifecycle_ready_watchdog_reload_and_stop(
                 pings = notify_socket.count("WATCHDOG=1")
                 await eventually(lambda: notify_socket.count("WATCHDOG=1") > pings, "alive")
 
-                # A valid, changed file: a new agent in the same process.
+                # A valid file changing what the running agent can change: applied in it
+                # (the health interval live: neither the radio nor MQTT restarts).
+                configured = len(concentrator.radio_configs)
                 config.path.write_text(original.replace("interval_s = 1", "interval_s = 2"))
-                new_hash = load_config(config.path).sha256.hex()
-                assert new_hash != config.sha256.hex()
+                live_hash = load_config(config.path).sha256.hex()
+                assert live_hash != config.sha256.hex()
                 process.send_signal(signal.SIGHUP)
                 await eventually(lambda: notify_socket.count("RELOADING=1") == 1, "RELOADING")
                 await eventually(lambda: notify_socket.count("READY=1") == 2, "READY again")
@@ -175,6 +177,22 @@ def test_service_lifecycle_ready_watchdog_reload_and_stop(
                 assert notify_socket.senders("READY=1") == {pid}
                 reloading = next(m for _, m in notify_socket.drain() if "RELOADING=1" in m)
                 assert "MONOTONIC_USEC=" in reloading
+                await eventually(
+                    lambda: _log_has(log_path, "in the running agent: health changed"), "in place"
+                )
+                assert log_path.read_text().count("device sessions loaded") == 1
+                assert len(concentrator.radio_configs) == configured
+
+                # A new state folder: the running agent cannot move it, a new one starts.
+                moved = config.path.read_text().replace(
+                    'state_dir = "state"', 'state_dir = "moved"'
+                )
+                config.path.write_text(moved)
+                new_hash = load_config(config.path).sha256.hex()
+                process.send_signal(signal.SIGHUP)
+                await eventually(lambda: notify_socket.count("RELOADING=1") == 2, "RELOADING")
+                await eventually(lambda: notify_socket.count("READY=1") == 3, "READY again")
+                assert "([gateway] changed)" in log_path.read_text()
                 still_running = process.returncode is None
                 assert still_running
 
@@ -190,9 +208,10 @@ def test_service_lifecycle_ready_watchdog_reload_and_stop(
             assert notify_socket.senders("STOPPING=1") == {pid}
             await eventually(lambda: fleet.payloads("state")[-1] == b"offline", "offline")
         assert "Traceback" not in log_text
-        # Two agents ran; the second one's configuration is what status.json says at the end.
+        # Two agents ran; the second one's configuration is what status.json says at the end,
+        # in the new state folder.
         assert log_text.count("device sessions loaded") == 2
-        status = json.loads((tmp_path / "state" / "status.json").read_text())
+        status = json.loads((tmp_path / "moved" / "status.json").read_text())
         assert status["config_hash"] == new_hash
         result = CliRunner().invoke(edge_command, ["status", "--config", str(config.path)])
         assert result.exit_code == 0, result.output
