@@ -97,22 +97,14 @@ def test_the_tr005_text_is_upper_case_and_checked() -> None:
         tr005(JOIN, DEVICES[0], "parking-v1")
 
 
+def provisioned(index: int, dev_eui: str, profile: str = "parking-v1") -> NodeResult:
+    """A report row of a module provisioned at the market square."""
+    return NodeResult(dev_eui, f"/dev/ttyUSB{index}", "RAK3172", "RUI_4.0.6", "provisioned",
+                      "ok", "2026-12-02T00:00:00Z", JOIN, profile, "market square")  # fmt: skip
+
+
 def make_report(path: Path) -> None:
-    results = [
-        NodeResult(
-            eui,
-            f"/dev/ttyUSB{i}",
-            "RAK3172",
-            "RUI_4.0.6",
-            "provisioned",
-            "ok",
-            "2026-12-02T00:00:00Z",
-            JOIN,
-            "parking-v1",
-            "market square",
-        )
-        for i, eui in enumerate(DEVICES)
-    ]
+    results = [provisioned(i, eui) for i, eui in enumerate(DEVICES)]
     results.append(
         NodeResult(
             "0004a30b001a2b3d",
@@ -184,24 +176,7 @@ def mixed_report(path: Path) -> dict[str, str]:
         "ac1f09fffe0a0b0d": "parking-v1",
         "0004a30b001a2b3c": "bin-v1",
     }
-    write_report(
-        path,
-        [
-            NodeResult(
-                eui,
-                f"/dev/ttyUSB{i}",
-                "RAK3172",
-                "RUI_4.0.6",
-                "provisioned",
-                "ok",
-                "2026-12-02T00:00:00Z",
-                JOIN,
-                profile,
-                "market square",
-            )
-            for i, (eui, profile) in enumerate(profiles.items())
-        ],
-    )
+    write_report(path, [provisioned(i, eui, p) for i, (eui, p) in enumerate(profiles.items())])
     return profiles
 
 
