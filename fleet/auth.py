@@ -49,7 +49,11 @@ Role = Literal["admin", "operator", "technician"]
 ROLES: Final[tuple[Role, ...]] = ("admin", "operator", "technician")
 
 #: Why a call was refused; the keys of :func:`auth_stats`.
-RefusalReason = Literal["missing", "malformed", "unknown", "revoked", "expired", "forbidden"]
+#: Why a call or a login was refused; ``rate_limited``: a dashboard login from an address with
+#: too many failed ones just before (see ``owlgate.fleet.dashboard.pages``).
+RefusalReason = Literal[
+    "missing", "malformed", "unknown", "revoked", "expired", "forbidden", "rate_limited"
+]
 REFUSAL_REASONS: Final[tuple[RefusalReason, ...]] = get_args(RefusalReason)
 
 TOKEN_PREFIX: Final = "owl_"
@@ -485,8 +489,48 @@ def add_roles_to_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+class FailureLimiter:
+    """Failed attempts per client address in a sliding window (claims, dashboard logins):
+    once an address has ``limit`` failures in ``window_s`` it is refused until the oldest
+    ages out. Kept in the process: each fleet replica limits what reaches it. An address is
+    forgotten once its failures have aged out, so a spread of addresses leaves no trail."""
+
+    def __init__(
+        self, *, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, address: str, now: float) -> list[float]:
+        kept = [at for at in self._failures.get(address, []) if now - at < self.window_s]
+        if kept:
+            self._failures[address] = kept
+        else:
+            self._failures.pop(address, None)
+        return kept
+
+    def wait_s(self, address: str) -> float:
+        """Seconds ``address`` must wait before its next attempt (0: it may try now)."""
+        with self._lock:
+            now = self._clock()
+            recent = self._recent(address, now)
+            if len(recent) < self.limit:
+                return 0.0
+            return max(0.0, self.window_s - (now - recent[0]))
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            now = self._clock()
+            self._recent(address, now)
+            self._failures.setdefault(address, []).append(now)
+
+
 __all__ = [
     "OPENAPI_ROLES_KEY",
+    "FailureLimiter",
     "REFUSAL_REASONS",
     "ROLES",
     "AuthError",

@@ -63,7 +63,7 @@ from pydantic import BaseModel, Field
 from owlgate.codecs.bundle import MAX_KEYS, KeyBundle, Reservation, seal_bundle
 
 from .audit import record_event
-from .auth import AuthError, Principal, refusal_before_validation, requires
+from .auth import AuthError, FailureLimiter, Principal, refusal_before_validation, requires
 from .brokerauth import issue_gateway_credentials
 from .configs import GROUP_PATTERN, ConfigRefused, effective_config, group_of, set_group
 from .health import GatewayState, assess
@@ -189,48 +189,6 @@ class ProvisioningStats:
             return {**self.counts, "refused": dict(self.refused)}
 
 
-class FailureLimiter:
-    """Failed claim attempts per client address in a sliding window: once an address has
-    ``limit`` failures in ``window_s`` it is refused until the oldest ages out. Kept in the
-    process: each fleet replica limits what reaches it."""
-
-    def __init__(
-        self,
-        *,
-        limit: int = MAX_FAILED_CLAIMS,
-        window_s: float = FAILURE_WINDOW_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._failures: dict[str, list[float]] = {}
-
-    def _recent(self, address: str, now: float) -> list[float]:
-        kept = [at for at in self._failures.get(address, []) if now - at < self.window_s]
-        if kept:
-            self._failures[address] = kept
-        else:
-            self._failures.pop(address, None)
-        return kept
-
-    def wait_s(self, address: str) -> float:
-        """Seconds ``address`` must wait before its next attempt (0: it may try now)."""
-        with self._lock:
-            now = self._clock()
-            recent = self._recent(address, now)
-            if len(recent) < self.limit:
-                return 0.0
-            return max(0.0, self.window_s - (now - recent[0]))
-
-    def failed(self, address: str) -> None:
-        with self._lock:
-            now = self._clock()
-            self._recent(address, now)
-            self._failures.setdefault(address, []).append(now)
-
-
 def configure(app: FastAPI, settings: ProvisioningSettings) -> None:
     """Give ``app`` (from :func:`~owlgate.fleet.api.create_app`) what claimed gateways are
     handed: ``owlgate fleet serve`` does this with its signing key and public MQTT URL."""
@@ -257,7 +215,9 @@ def provisioning_stats(app: Any) -> ProvisioningStats:
 def _limiter(app: Any) -> FailureLimiter:
     found = getattr(app.state, "claim_failures", None)
     if not isinstance(found, FailureLimiter):
-        found = app.state.claim_failures = FailureLimiter()
+        found = app.state.claim_failures = FailureLimiter(
+            limit=MAX_FAILED_CLAIMS, window_s=FAILURE_WINDOW_S
+        )
     return found
 
 

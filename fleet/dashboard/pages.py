@@ -39,7 +39,7 @@ from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 
 from ..alerts import Alert, acknowledge, get_alert, list_alerts
-from ..auth import AuthError, Principal, Role, admit, auth_stats
+from ..auth import AuthError, FailureLimiter, Principal, Role, admit, auth_stats
 from ..health import HealthThresholds
 from ..rollouts import change_rollout
 from ..store import ConflictError, FleetError, InvalidError, NotFoundError, Store
@@ -522,6 +522,52 @@ def plan_chart(overview: data.Overview) -> Markup:
 # --- the routes --------------------------------------------------------------------------------
 
 
+#: Failed logins (a token or a login link refused) one address may make in
+#: :data:`LOGIN_WINDOW_S` before its logins are refused with 429 until the window has passed.
+#: Tokens and links are 256-bit random, so this is not what keeps them from being guessed: it
+#: keeps a client that tries and tries from filling the log and the database's time.
+MAX_FAILED_LOGINS: Final = 10
+LOGIN_WINDOW_S: Final = 300.0
+
+
+def login_limiter(app: Any) -> FailureLimiter:
+    """The app's failed-login counts by client address (created on first use)."""
+    found = getattr(app.state, "login_failures", None)
+    if not isinstance(found, FailureLimiter):
+        found = app.state.login_failures = FailureLimiter(
+            limit=MAX_FAILED_LOGINS, window_s=LOGIN_WINDOW_S
+        )
+    return found
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _login_throttled(request: Request, started: float, target: str | None) -> Response | None:
+    """The 429 login page for an address with too many failed logins just now, else None."""
+    address = _address(request)
+    wait = login_limiter(request.app).wait_s(address)
+    if wait <= 0:
+        return None
+    auth_stats(request.app).count_refusal("rate_limited")
+    log.warning("dashboard logins from %s refused for %.0f s: too many failed", address, wait)
+    answer = render(
+        request,
+        "login.html",
+        None,
+        title="Log in",
+        started=started,
+        status=429,
+        refresh_s=None,
+        next=_safe_next(target),
+        error=f"too many failed logins from this address: wait {wait:.0f} s, then log in"
+        " with a token from an admin (owlgate fleet token create)",
+    )
+    answer.headers["Retry-After"] = str(max(1, round(wait)))
+    return answer
+
+
 def router() -> APIRouter:
     """The dashboard's routes (not in the OpenAPI document: they answer HTML)."""
     routes = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -530,9 +576,13 @@ def router() -> APIRouter:
     def login_page(request: Request, next: str | None = None, code: str | None = None) -> Response:
         started = time.perf_counter()
         if code:
+            throttled = _login_throttled(request, started, next)
+            if throttled is not None:
+                return throttled
             try:
                 cookie_value, opened = redeem_login_link(_store(request), code, now=_now(request))
             except AuthError as err:
+                login_limiter(request.app).failed(_address(request))
                 auth_stats(request.app).count_refusal(err.reason)
                 log.info("dashboard login link refused: %s", err.reason)
                 return render(
@@ -575,10 +625,14 @@ def router() -> APIRouter:
         form = await _form(request)
         token = form.get("token", "")
         target = form.get("next")
+        throttled = _login_throttled(request, started, target)
+        if throttled is not None:
+            return throttled
         store, now = _store(request), _now(request)
         try:
             cookie, session = await run_in_threadpool(start_session, store, token, now=now)
         except AuthError as err:
+            login_limiter(request.app).failed(_address(request))
             auth_stats(request.app).count_refusal(err.reason)
             log.info("dashboard login refused: %s", err.reason)
             return render(

@@ -389,7 +389,16 @@ def test_stats_route_shows_each_services_counters(registry: Store, clock: Clock)
         "auth": {
             "admitted": 1,
             "refused": dict.fromkeys(
-                ("missing", "malformed", "unknown", "revoked", "expired", "forbidden"), 0
+                (
+                    "missing",
+                    "malformed",
+                    "unknown",
+                    "revoked",
+                    "expired",
+                    "forbidden",
+                    "rate_limited",
+                ),
+                0,
             ),
         },
     }

@@ -25,7 +25,9 @@ from owlgate.fleet.store import InvalidError, Store
 from tests.fleet.conftest import GW1, T0
 from tests.fleet.test_api import ApiClient, Clock
 
-NO_REFUSALS = dict.fromkeys(("missing", "malformed", "unknown", "revoked", "expired"), 0)
+NO_REFUSALS = dict.fromkeys(
+    ("missing", "malformed", "unknown", "revoked", "expired", "rate_limited"), 0
+)
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from owlgate.codecs.health import Health, RadioCounters
 from owlgate.codecs.node.telemetry import Reading
 from owlgate.fleet import views
 from owlgate.fleet.alerts import AlertEvaluator, list_alerts
-from owlgate.fleet.auth import create_token, revoke_token
+from owlgate.fleet.auth import FailureLimiter, create_token, revoke_token
+from owlgate.fleet.dashboard.pages import MAX_FAILED_LOGINS, login_limiter
 from owlgate.fleet.dashboard.sessions import COOKIE_NAME
 from owlgate.fleet.store import Store
 from tests.fleet.conftest import T0
@@ -211,6 +212,30 @@ def test_a_wrong_token_is_refused_with_words_and_counted(city: City) -> None:
     assert COOKIE_NAME not in tab.cookies
     stats = city.api.get("/api/v1/stats").json()
     assert stats["auth"]["refused"]["unknown"] >= 1
+
+
+def test_an_address_with_too_many_failed_logins_waits(city: City) -> None:
+    app = city.api.app
+    assert login_limiter(app).limit == MAX_FAILED_LOGINS
+    now = [1000.0]
+    app.state.login_failures = FailureLimiter(limit=3, window_s=60.0, clock=lambda: now[0])
+    tab = Browser(app)
+    for _ in range(3):
+        assert tab.login("owl_0123456789abcdef_" + "x" * 43).status_code == 401
+    # Even the right token waits now; so does a login link.
+    right = token(city, "operator")
+    throttled = tab.login(right)
+    assert throttled.status_code == 429
+    assert throttled.headers["Retry-After"] == "60"
+    assert "too many failed logins from this address: wait 60 s" in throttled.text
+    assert right not in throttled.text
+    assert COOKIE_NAME not in tab.cookies
+    assert tab.get("/ui/login?code=owc_0123456789abcdef_" + "y" * 43).status_code == 429
+    assert city.api.get("/api/v1/stats").json()["auth"]["refused"]["rate_limited"] == 2
+    # Once the failures have aged out the address may log in again.
+    now[0] += 61.0
+    assert tab.login(right).status_code == 303
+    assert COOKIE_NAME in tab.cookies
 
 
 def test_an_outside_next_is_not_followed(city: City) -> None:
