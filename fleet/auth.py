@@ -528,9 +528,19 @@ class FailureLimiter:
             self._failures.setdefault(address, []).append(now)
 
 
+def failure_limiter(app: Any, name: str, *, limit: int, window_s: float) -> FailureLimiter:
+    """The app's :class:`FailureLimiter` kept as ``app.state.<name>`` (made on first use)."""
+    found = getattr(app.state, name, None)
+    if not isinstance(found, FailureLimiter):
+        found = FailureLimiter(limit=limit, window_s=window_s)
+        setattr(app.state, name, found)
+    return found
+
+
 __all__ = [
     "OPENAPI_ROLES_KEY",
     "FailureLimiter",
+    "failure_limiter",
     "REFUSAL_REASONS",
     "ROLES",
     "AuthError",

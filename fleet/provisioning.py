@@ -63,7 +63,14 @@ from pydantic import BaseModel, Field
 from owlgate.codecs.bundle import MAX_KEYS, KeyBundle, Reservation, seal_bundle
 
 from .audit import record_event
-from .auth import AuthError, FailureLimiter, Principal, refusal_before_validation, requires
+from .auth import (
+    AuthError,
+    FailureLimiter,
+    Principal,
+    failure_limiter,
+    refusal_before_validation,
+    requires,
+)
 from .brokerauth import issue_gateway_credentials
 from .configs import GROUP_PATTERN, ConfigRefused, effective_config, group_of, set_group
 from .health import GatewayState, assess
@@ -213,12 +220,9 @@ def provisioning_stats(app: Any) -> ProvisioningStats:
 
 
 def _limiter(app: Any) -> FailureLimiter:
-    found = getattr(app.state, "claim_failures", None)
-    if not isinstance(found, FailureLimiter):
-        found = app.state.claim_failures = FailureLimiter(
-            limit=MAX_FAILED_CLAIMS, window_s=FAILURE_WINDOW_S
-        )
-    return found
+    return failure_limiter(
+        app, "claim_failures", limit=MAX_FAILED_CLAIMS, window_s=FAILURE_WINDOW_S
+    )
 
 
 _refusal_log = RateLimitedLog(log, burst=10, window_s=60.0)

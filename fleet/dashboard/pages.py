@@ -39,7 +39,15 @@ from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 
 from ..alerts import Alert, acknowledge, get_alert, list_alerts
-from ..auth import AuthError, FailureLimiter, Principal, Role, admit, auth_stats
+from ..auth import (
+    AuthError,
+    FailureLimiter,
+    Principal,
+    Role,
+    admit,
+    auth_stats,
+    failure_limiter,
+)
 from ..health import HealthThresholds
 from ..rollouts import change_rollout
 from ..store import ConflictError, FleetError, InvalidError, NotFoundError, Store
@@ -532,12 +540,7 @@ LOGIN_WINDOW_S: Final = 300.0
 
 def login_limiter(app: Any) -> FailureLimiter:
     """The app's failed-login counts by client address (created on first use)."""
-    found = getattr(app.state, "login_failures", None)
-    if not isinstance(found, FailureLimiter):
-        found = app.state.login_failures = FailureLimiter(
-            limit=MAX_FAILED_LOGINS, window_s=LOGIN_WINDOW_S
-        )
-    return found
+    return failure_limiter(app, "login_failures", limit=MAX_FAILED_LOGINS, window_s=LOGIN_WINDOW_S)
 
 
 def _address(request: Request) -> str:
