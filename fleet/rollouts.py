@@ -97,6 +97,20 @@ from .vault import KeyVault, VaultError
 
 log = logging.getLogger(__name__)
 
+#: The PostgreSQL advisory lock (transaction-scoped) every change of rollout state takes:
+#: several fleet processes may run the config service on one database, and they change the
+#: rollouts one after the other, each from what the one before committed, never two from the
+#: same stale state (a wave queued twice, a seq issued twice). SQLite needs none: a
+#: transaction holds the database's only write lock.
+ROLLOUT_LOCK: Final = 0x6F776C6703
+
+
+def _serialised(db: Sql) -> None:
+    """Wait for, and hold until the end of ``db``'s transaction, the rollouts' lock."""
+    if db.dialect == "postgres":
+        db.execute("SELECT pg_advisory_xact_lock(?)", [ROLLOUT_LOCK])
+
+
 TOPIC_PREFIX: Final = "owlgate/v1/gw/"
 STATUS_FILTER: Final = f"{TOPIC_PREFIX}+/config/status"
 QOS: Final = 1
@@ -529,6 +543,7 @@ def queue_signed_document(
     :class:`ConfigService` publishes queued documents on its next tick). Returns the seq and
     the COSE bytes. For documents outside rollouts, e.g. a claimed gateway's first."""
     with sql.transaction() as db:
+        _serialised(db)
         seq = _next_seq(db, gateway_id)
         doc = from_json(
             json.dumps(
@@ -715,6 +730,7 @@ def start_rollout(
     when = time.time() if now is None else now
     sql = store.sql
     with sql.transaction() as db:
+        _serialised(db)
         gateways, target_json = _target_gateways(db, body.target)
         plan = make_plan(body, len(gateways))
         placeholders = ", ".join("?" * len(gateways))
@@ -830,6 +846,7 @@ def change_rollout(
     409 when the rollout's state does not allow it, saying what does."""
     when = time.time() if now is None else now
     with sql.transaction() as db:
+        _serialised(db)
         row = _rollout_row(db, rollout_id)
         state = row["state"]
         details: dict[str, object] = {"previous_state": state}
@@ -1122,6 +1139,7 @@ def upload_document(
         raise InvalidError(f"seq {doc.seq} is above {MAX_SEQ}, the largest the fleet stores")
     config = json.loads(to_json(doc))["config"]
     with sql.transaction() as db:
+        _serialised(db)
         if isinstance(doc.target, bytes):
             gateways = [doc.target.hex()]
             if not _registered(db, gateways[0]):
@@ -1294,6 +1312,7 @@ class RolloutEngine:
 
     def _advance(self, rollout_id: int, now: float) -> None:
         with self.sql.transaction() as db:
+            _serialised(db)
             row = _rollout_row(db, rollout_id)
             if row["state"] not in ACTIVE:
                 return
@@ -1461,6 +1480,7 @@ class RolloutEngine:
         """Record that ``items`` were published (PUBACK received)."""
         now = self.clock()
         with self.sql.transaction() as db:
+            _serialised(db)
             for item in items:
                 db.execute(
                     "UPDATE config_documents SET state = 'published', published_at = ?"
@@ -1517,6 +1537,7 @@ class RolloutEngine:
         content = None if status.content_hash is None else status.content_hash.hex()
         running = None if status.running_hash is None else status.running_hash.hex()
         with self.sql.transaction() as db:
+            _serialised(db)
             applied = seq if status.state == "applied" else None
             db.execute(
                 "INSERT INTO gateway_config_status (gateway_id, state, seq, content_hash, reason,"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any, cast
 
 import aiomqtt
@@ -22,6 +23,7 @@ from owlgate.codecs.signed import sign
 from owlgate.fleet.api import create_app
 from owlgate.fleet.configs import put_layer
 from owlgate.fleet.rollouts import (
+    ROLLOUT_LOCK,
     ConfigService,
     Publication,
     RolloutCreate,
@@ -33,6 +35,7 @@ from owlgate.fleet.rollouts import (
     status_topic,
 )
 from owlgate.fleet.store import Store
+from owlgate.fleet.vault import KeyVault
 from owlgate.hil.config_gateways import EmulatedConfigGateway
 from tests.fleet.conftest import T0, StoreFactory, raw_public
 from tests.fleet.test_api import ApiClient, Clock
@@ -490,3 +493,46 @@ def test_the_tick_loop_stops_when_cancelled_just_as_it_is_woken(rig: Rig) -> Non
         return loop in done and loop.cancelled()
 
     assert asyncio.run(scenario())
+
+
+def test_fleet_processes_sharing_a_database_change_a_rollout_one_after_the_other(
+    postgres_url: str, vault: KeyVault
+) -> None:
+    # Two stores on one PostgreSQL database, as two fleet processes running the config service
+    # have: while one is changing the rollouts, the other's tick waits for it, then starts
+    # from what it committed.
+    with Store(postgres_url, vault=vault) as mine, Store(postgres_url, vault=vault) as theirs:
+        rig = Rig(mine)
+        started = rig.start(target="all", canary=1, waves=[100], comment="tx power")
+        ticked: list[list[Publication]] = []
+        with theirs.sql.transaction() as db:
+            db.execute("SELECT pg_advisory_xact_lock(?)", [ROLLOUT_LOCK])
+            tick = threading.Thread(target=lambda: ticked.append(rig.engine.tick()))
+            tick.start()
+            tick.join(0.5)
+            assert tick.is_alive(), "the tick went on while another process held the rollouts"
+            assert rig.per_gateway(started["id"])[GATEWAYS[0]]["state"] == "pending"
+        tick.join(10)
+        assert not tick.is_alive()
+        assert [item.gateway_id for item in ticked[0]] == GATEWAYS[:1]
+        rig.engine.published(ticked[0])
+        for report in rig.gateways[GATEWAYS[0]].handle(ticked[0][0].payload):
+            rig.engine.handle_status(status_topic(GATEWAYS[0]), report)
+        # Both processes tick at once: the next wave is queued once, one seq per gateway.
+        other = RolloutEngine(theirs, rig.fleet_key, clock=rig.clock)
+        both: list[list[Publication]] = []
+        threads = [
+            threading.Thread(target=lambda engine=engine: both.append(engine.tick()))
+            for engine in (rig.engine, other)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        # Neither tick failed (a wave queued twice would break config_documents' key).
+        assert len(both) == 2
+        documents = mine.sql.query_tuples(
+            "SELECT gateway_id, seq FROM config_documents WHERE rollout_id = ? ORDER BY gateway_id",
+            [started["id"]],
+        )
+        assert documents == [(gid, 1) for gid in sorted(GATEWAYS)]
