@@ -47,13 +47,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Unpack
 
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -80,7 +79,7 @@ from .joinserver import (
     device_session,
     seal_for_gateway,
 )
-from .mqtt import DEFAULT_SESSION_EXPIRY_S, MqttService
+from .mqtt import MqttOptions, MqttService
 from .store import MAX_PAGE_LIMIT, FleetError, NotFoundError, Store
 
 log = logging.getLogger(__name__)
@@ -404,32 +403,9 @@ class ControlService(MqttService):
     name = "control"
 
     def __init__(
-        self,
-        control: Control,
-        host: str,
-        port: int,
-        *,
-        mqtt5: bool = True,
-        instance: str | None = None,
-        identifier: str | None = None,
-        session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
-        rng: random.Random | None = None,
-        shared: bool = False,
-        username: str | None = None,
-        password: str | None = None,
+        self, control: Control, host: str, port: int, **options: Unpack[MqttOptions]
     ) -> None:
-        super().__init__(
-            host,
-            port,
-            mqtt5=mqtt5,
-            instance=instance,
-            identifier=identifier,
-            session_expiry_s=session_expiry_s,
-            rng=rng,
-            shared=shared,
-            username=username,
-            password=password,
-        )
+        super().__init__(host, port, **options)
         self.control = control
 
     def topics(self, mqtt5: bool) -> list[tuple[str, int]]:

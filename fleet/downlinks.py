@@ -48,14 +48,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Unpack
 
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -69,7 +68,7 @@ from owlgate.codecs.signed import sign
 
 from .audit import record_event
 from .auth import Principal, requires
-from .mqtt import DEFAULT_SESSION_EXPIRY_S, MqttService
+from .mqtt import MqttOptions, MqttService
 from .schema import migration
 from .sql import Sql
 from .store import (
@@ -593,28 +592,9 @@ class DownlinkService(MqttService):
     name = "downlinks"
 
     def __init__(
-        self,
-        downlinks: Downlinks,
-        host: str,
-        port: int,
-        *,
-        mqtt5: bool = True,
-        instance: str | None = None,
-        session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
-        rng: random.Random | None = None,
-        username: str | None = None,
-        password: str | None = None,
+        self, downlinks: Downlinks, host: str, port: int, **options: Unpack[MqttOptions]
     ) -> None:
-        super().__init__(
-            host,
-            port,
-            mqtt5=mqtt5,
-            instance=instance,
-            session_expiry_s=session_expiry_s,
-            rng=rng,
-            username=username,
-            password=password,
-        )
+        super().__init__(host, port, **options)
         self.downlinks = downlinks
 
     def topics(self, mqtt5: bool) -> list[tuple[str, int]]:

@@ -79,7 +79,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import random
 import threading
 import time
 from collections import deque
@@ -88,7 +87,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, Unpack
 
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -99,7 +98,7 @@ from owlgate.codecs.node.telemetry import Batch, Reading, decode_batch
 from owlgate.codecs.signed import verify
 
 from .metrics import RateLimitedLog
-from .mqtt import DEFAULT_SESSION_EXPIRY_S, Delivery, MqttService, PubackQueue
+from .mqtt import Delivery, MqttOptions, MqttService, PubackQueue
 from .sql import DatabaseFault
 from .store import (
     FleetError,
@@ -797,30 +796,12 @@ class IngestService(MqttService):
         host: str,
         port: int,
         *,
-        mqtt5: bool = True,
-        instance: str | None = None,
-        identifier: str | None = None,
-        session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
         max_readings: int = DEFAULT_MAX_READINGS,
         max_messages: int = DEFAULT_MAX_MESSAGES,
         verify_workers: int = DEFAULT_VERIFY_WORKERS,
-        rng: random.Random | None = None,
-        shared: bool = False,
-        username: str | None = None,
-        password: str | None = None,
+        **options: Unpack[MqttOptions],
     ) -> None:
-        super().__init__(
-            host,
-            port,
-            mqtt5=mqtt5,
-            instance=instance,
-            identifier=identifier,
-            session_expiry_s=session_expiry_s,
-            rng=rng,
-            shared=shared,
-            username=username,
-            password=password,
-        )
+        super().__init__(host, port, **options)
         self.ingest = ingest
         self.max_readings = max_readings
         self.max_messages = max_messages

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypedDict
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -167,6 +167,20 @@ class PubackQueue:
                     self.sent += 1
                 else:
                     log.debug("PUBACK %d not sent (%s)", done.mid, paho.error_string(rc))
+
+
+class MqttOptions(TypedDict, total=False):
+    """The connection options of :class:`MqttService`, for a service's constructor to pass on
+    as ``**options`` (see :meth:`MqttService.__init__` for each)."""
+
+    mqtt5: bool
+    instance: str | None
+    identifier: str | None
+    session_expiry_s: int
+    rng: random.Random | None
+    shared: bool
+    username: str | None
+    password: str | None
 
 
 class MqttService(ABC):

@@ -49,14 +49,13 @@ import base64
 import json
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self, Unpack
 
 import aiomqtt
 from cryptography.hazmat.primitives import serialization
@@ -80,7 +79,7 @@ from .audit import record_event
 from .auth import Principal, requires
 from .configs import effective_config
 from .metrics import RateLimitedLog
-from .mqtt import DEFAULT_SESSION_EXPIRY_S, MqttService
+from .mqtt import MqttOptions, MqttService
 from .schema import migration
 from .sql import Sql, SqlError
 from .store import (
@@ -1616,26 +1615,10 @@ class ConfigService(MqttService):
         host: str,
         port: int,
         *,
-        mqtt5: bool = True,
-        instance: str | None = None,
-        identifier: str | None = None,
-        session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
-        rng: random.Random | None = None,
-        username: str | None = None,
-        password: str | None = None,
         tick_s: float = TICK_S,
+        **options: Unpack[MqttOptions],
     ) -> None:
-        super().__init__(
-            host,
-            port,
-            mqtt5=mqtt5,
-            instance=instance,
-            identifier=identifier,
-            session_expiry_s=session_expiry_s,
-            rng=rng,
-            username=username,
-            password=password,
-        )
+        super().__init__(host, port, **options)
         self.engine = engine
         self.tick_s = tick_s
         self._wake = asyncio.Event()
