@@ -547,6 +547,35 @@ def _address(request: Request) -> str:
     return request.client.host if request.client is not None else "unknown"
 
 
+def _login_page(
+    request: Request, started: float, target: str | None, *, status: int = 200,
+    error: str | None = None,
+) -> HTMLResponse:  # fmt: skip
+    """The login page, with ``error`` said above the form."""
+    return render(
+        request,
+        "login.html",
+        None,
+        title="Log in",
+        started=started,
+        status=status,
+        refresh_s=None,
+        next=_safe_next(target),
+        error=error,
+    )
+
+
+def _login_refused(
+    request: Request, started: float, target: str | None, err: AuthError, what: str, error: str
+) -> HTMLResponse:
+    """A refused token or login link (``what``): counted for the address and by reason,
+    logged, and the login page again with ``error``."""
+    login_limiter(request.app).failed(_address(request))
+    auth_stats(request.app).count_refusal(err.reason)
+    log.info("dashboard %s refused: %s", what, err.reason)
+    return _login_page(request, started, target, status=401, error=error)
+
+
 def _login_throttled(request: Request, started: float, target: str | None) -> Response | None:
     """The 429 login page for an address with too many failed logins just now, else None."""
     address = _address(request)
@@ -555,15 +584,11 @@ def _login_throttled(request: Request, started: float, target: str | None) -> Re
         return None
     auth_stats(request.app).count_refusal("rate_limited")
     log.warning("dashboard logins from %s refused for %.0f s: too many failed", address, wait)
-    answer = render(
+    answer = _login_page(
         request,
-        "login.html",
-        None,
-        title="Log in",
-        started=started,
+        started,
+        target,
         status=429,
-        refresh_s=None,
-        next=_safe_next(target),
         error=f"too many failed logins from this address: wait {wait:.0f} s, then log in"
         " with a token from an admin (owlgate fleet token create)",
     )
@@ -585,20 +610,7 @@ def router() -> APIRouter:
             try:
                 cookie_value, opened = redeem_login_link(_store(request), code, now=_now(request))
             except AuthError as err:
-                login_limiter(request.app).failed(_address(request))
-                auth_stats(request.app).count_refusal(err.reason)
-                log.info("dashboard login link refused: %s", err.reason)
-                return render(
-                    request,
-                    "login.html",
-                    None,
-                    title="Log in",
-                    started=started,
-                    status=401,
-                    refresh_s=None,
-                    next=_safe_next(next),
-                    error=err.message,
-                )
+                return _login_refused(request, started, next, err, "login link", err.message)
             auth_stats(request.app).count_admitted()
             return _signed_in(request, cookie_value, next or _landing(opened.principal))
         cookie = request.cookies.get(COOKIE_NAME)
@@ -610,16 +622,7 @@ def router() -> APIRouter:
                 log.info("dashboard: the login page was opened with a stale session: %s", err)
         if session is not None:
             return RedirectResponse(_safe_next(next) if next else _landing(session.principal), 303)
-        return render(
-            request,
-            "login.html",
-            None,
-            title="Log in",
-            started=started,
-            refresh_s=None,
-            next=_safe_next(next),
-            error=None,
-        )
+        return _login_page(request, started, next)
 
     @routes.post("/login")
     async def login(request: Request) -> Response:
@@ -635,25 +638,13 @@ def router() -> APIRouter:
         try:
             cookie, session = await run_in_threadpool(start_session, store, token, now=now)
         except AuthError as err:
-            login_limiter(request.app).failed(_address(request))
-            auth_stats(request.app).count_refusal(err.reason)
-            log.info("dashboard login refused: %s", err.reason)
-            return render(
-                request,
-                "login.html",
-                None,
-                title="Log in",
-                started=started,
-                status=401,
-                refresh_s=None,
-                next=_safe_next(target),
-                error=err.message
-                if err.reason != "malformed"
-                else (
+            error = err.message
+            if err.reason == "malformed":
+                error = (
                     "that is not an owlgate token: it starts with owl_ (ask an admin for one:"
                     " owlgate fleet token create --role operator)"
-                ),
-            )
+                )
+            return _login_refused(request, started, target, err, "login", error)
         auth_stats(request.app).count_admitted()
         return _signed_in(request, cookie, target or _landing(session.principal))
 
